@@ -1,0 +1,102 @@
+"""What one call asks for, and the pure helpers that turn it into bytes for a given route.
+
+``CallSpec`` is the engines' input: a path under the route's ``base_url``, a JSON body without
+``model`` (the route supplies it), and how to route it (model pool, pinned route, stream).
+``BodyEncoder`` encodes the body once per distinct (model, send_model) of the routes a call
+visits, so a call that stays in its pool encodes exactly once. The remaining helpers judge
+the decoded JSON of answers and stream events.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import RouteConfig
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+@dataclass(slots=True)
+class CallSpec:
+    path: str
+    body: dict[str, Any] | None = None
+    method: str = "POST"
+    stream: bool = False
+    model: str | None = None
+    route: str | None = None
+    expect: str | None = "choices"  # key a 2xx JSON answer must carry (None: any JSON object)
+    deadline: float | None = None
+    max_retries: int | None = None
+    raw_body: bytes | None = None  # the body exactly as a client sent it (OpenAI SDK path)
+    raw_model: str | None = None  # the model named inside raw_body
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class BodyEncoder:
+    """Request bytes for a route: the body with that route's model (or none), encoded once."""
+
+    __slots__ = ("_cache", "spec")
+
+    def __init__(self, spec: CallSpec) -> None:
+        self.spec = spec
+        self._cache: dict[str | None, bytes] = {}
+
+    def for_route(self, route: RouteConfig) -> bytes | None:
+        spec = self.spec
+        if spec.body is None and spec.raw_body is None:
+            return None
+        model = route.model if route.send_model else None
+        cached = self._cache.get(model)
+        if cached is not None:
+            return cached
+        if spec.raw_body is not None and model == spec.raw_model:
+            encoded = spec.raw_body
+        else:
+            body = spec.body if spec.body is not None else {}
+            encoded = _dumps({"model": model, **body} if model is not None else body).encode()
+        self._cache[model] = encoded
+        return encoded
+
+
+def carries_payload(event: Mapping[str, Any]) -> bool:
+    """Does a stream event carry something for the caller (a token, a tool call, an ending)?
+
+    The role-only first chunk of vLLM does not; failover stays possible until one that does.
+    """
+    choices = event.get("choices")
+    if not choices:
+        return bool(event.get("usage"))
+    for choice in choices:
+        if choice.get("finish_reason") is not None or choice.get("text"):
+            return True
+        delta = choice.get("delta")
+        if delta and (
+            delta.get("content")
+            or delta.get("reasoning")
+            or delta.get("reasoning_content")
+            or delta.get("tool_calls")
+            or delta.get("function_call")
+        ):
+            return True
+    return False
+
+
+def error_in(data: Any) -> tuple[str, str | None] | None:
+    """(message, type) when a decoded JSON answer or stream event is an error object."""
+    if not isinstance(data, dict):
+        return None
+    error = data.get("error")
+    if isinstance(error, dict):
+        return str(error.get("message") or "error"), _opt_str(error.get("type"))
+    if isinstance(error, str):
+        return error, None
+    if data.get("object") == "error":
+        return str(data.get("message") or "error"), _opt_str(data.get("type"))
+    return None
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)

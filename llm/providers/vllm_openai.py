@@ -1,0 +1,320 @@
+"""The vLLM / OpenAI-compatible provider: messages in, text and results out.
+
+A thin layer over the engines: it turns a call (messages, keywords) into a ``CallSpec``
+(body = config ``params`` overlaid with the call's keywords; ``route=`` pins a route and
+``model=`` picks the pool), runs it through the sync or async engine, and shapes the answer.
+One ``Balancer`` is shared by both engines, so what the sync path learns about a route's
+health the async path uses, and the other way round.
+
+Call keywords that steer the call rather than the body: ``route``, ``model``, ``deadline``
+(seconds for all attempts), ``max_retries``. A keyword set to None removes a config default
+from the body (``max_tokens=None``).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from ..call import CallSpec
+from ..checks import RouteCheck, acheck_routes, check_routes
+from ..config import LLMConfig, RouteConfig
+from ..engine import AsyncEngine, SyncEngine
+from ..errors import AllRoutesFailedError, Attempt, InvalidRequestError
+from ..results import ChatResult, CompletionResult, StreamAccumulator, StreamEvent
+from ..routing.balancer import Balancer
+from ..transport import AsyncRoutingTransport, RoutingTransport
+
+__all__ = ["VLLMOpenAIProvider"]
+
+_CONTROL_KEYS = frozenset({"route", "model", "deadline", "max_retries"})
+
+
+class VLLMOpenAIProvider:
+    """Several OpenAI-compatible servers behind one object. Thread-safe; one per process."""
+
+    name = "vllm_openai"
+
+    def __init__(
+        self,
+        config: LLMConfig,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        async_transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        async_sleep: Callable[[float], Awaitable[None]] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.balancer = Balancer(
+            config.routes.values(),
+            policy=config.lb_policy,
+            health=config.health,
+            fallback_route=config.fallback_route,
+            clock=clock,
+            rng=rng,
+        )
+        self._engine = SyncEngine(config, self.balancer, clock=clock, sleep=sleep,
+                                  transport=transport)
+        if async_sleep is None:
+            self._aengine = AsyncEngine(config, self.balancer, clock=clock,
+                                        transport=async_transport)
+        else:
+            self._aengine = AsyncEngine(config, self.balancer, clock=clock, sleep=async_sleep,
+                                        transport=async_transport)
+
+    def __repr__(self) -> str:
+        return (
+            f"<VLLMOpenAIProvider routes={list(self.config.routes)} "
+            f"default={self.config.default_route!r} policy={self.config.lb_policy!r}>"
+        )
+
+    # -- building calls ------------------------------------------------------------------
+
+    def _spec(
+        self,
+        path: str,
+        payload: dict[str, Any],
+        options: Mapping[str, Any],
+        *,
+        stream: bool,
+    ) -> CallSpec:
+        body = dict(self.config.params)
+        for key, value in options.items():
+            if key in _CONTROL_KEYS:
+                continue
+            if value is None:
+                body.pop(key, None)
+            else:
+                body[key] = value
+        body.update(payload)
+        body.pop("model", None)
+        if stream:
+            body["stream"] = True
+            body.setdefault("stream_options", {"include_usage": True})
+        else:
+            body.pop("stream", None)
+            body.pop("stream_options", None)
+        deadline = options.get("deadline")
+        max_retries = options.get("max_retries")
+        if deadline is not None and not (isinstance(deadline, (int, float)) and deadline > 0):
+            raise InvalidRequestError(f"deadline must be a positive number, got {deadline!r}")
+        if max_retries is not None and not (isinstance(max_retries, int) and max_retries >= 0):
+            raise InvalidRequestError(f"max_retries must be an int >= 0, got {max_retries!r}")
+        return CallSpec(
+            path=path,
+            body=body,
+            stream=stream,
+            model=options.get("model"),
+            route=options.get("route"),
+            deadline=deadline,
+            max_retries=max_retries,
+        )
+
+    def _chat_spec(
+        self, messages: Sequence[Mapping[str, Any]], options: Mapping[str, Any], *, stream: bool
+    ) -> CallSpec:
+        _check_messages(messages)
+        return self._spec("/chat/completions", {"messages": list(messages)}, options,
+                          stream=stream)
+
+    def _completion_spec(self, prompt: Any, options: Mapping[str, Any], *, stream: bool
+                         ) -> CallSpec:
+        if not isinstance(prompt, (str, list)) or not prompt:
+            raise InvalidRequestError("prompt must be a non-empty string or list")
+        return self._spec("/completions", {"prompt": prompt}, options, stream=stream)
+
+    # -- sync ----------------------------------------------------------------------------
+
+    def chat(self, messages: Sequence[Mapping[str, Any]], **options: Any) -> str:
+        """The assistant's text for ``messages`` ("" when it answered only with tool calls)."""
+        return self.chat_completion(messages, **options).content or ""
+
+    def chat_completion(self, messages: Sequence[Mapping[str, Any]], **options: Any
+                        ) -> ChatResult:
+        reply = self._engine.request(self._chat_spec(messages, options, stream=False))
+        return ChatResult.from_answer(reply.data, reply.route, tuple(reply.attempts),
+                                      reply.latency_s)
+
+    def stream(self, messages: Sequence[Mapping[str, Any]], **options: Any) -> Iterator[str]:
+        """Text deltas as they arrive."""
+        for event in self.stream_events(messages, **options):
+            if event.kind == "content":
+                yield event.text
+
+    def stream_events(self, messages: Sequence[Mapping[str, Any]], **options: Any
+                      ) -> Iterator[StreamEvent]:
+        """Typed pieces: content, reasoning, tool-call fragments, usage, and a final ``end``."""
+        stream = self._engine.open_stream(self._chat_spec(messages, options, stream=True))
+        accumulator = StreamAccumulator()
+        try:
+            for chunk in stream:
+                yield from accumulator.events(chunk)
+        finally:
+            stream.close()
+        yield accumulator.end(stream.route)
+
+    def complete(self, prompt: str | list[Any], **options: Any) -> CompletionResult:
+        """A text completion (/v1/completions)."""
+        reply = self._engine.request(self._completion_spec(prompt, options, stream=False))
+        return CompletionResult.from_answer(reply.data, reply.route, tuple(reply.attempts),
+                                            reply.latency_s)
+
+    def list_models(self) -> list[str]:
+        """Model ids served by the routes that answer, sorted; raises if none answers."""
+        return _models_of(self.health_checks())
+
+    def is_available(self) -> bool:
+        """True when some route of the default pool (or the fallback) passes a live check."""
+        routes = self._default_routes()
+        return any(c.healthy for c in check_routes(routes, self._engine.transport_for,
+                                                   self._check_timeout()))
+
+    def health_checks(self, timeout: float | None = None) -> list[RouteCheck]:
+        """A live check (/health, /v1/models) of every route, in config order."""
+        return check_routes(list(self.config.routes.values()), self._engine.transport_for,
+                            timeout or self._check_timeout())
+
+    def health(self, timeout: float | None = None) -> dict[str, dict[str, Any]]:
+        """Per route: the live check merged with the balancer's state."""
+        return self._merge(self.health_checks(timeout))
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per route counters: state, requests, failures, in-flight, EWMAs, ejections, last error."""
+        return self.balancer.stats()
+
+    def http_client(self, **kwargs: Any) -> httpx.Client:
+        """An ``httpx.Client`` whose transport routes every request (for the OpenAI SDK & co).
+
+        Use it with a base_url ending in /v1, e.g.
+        ``openai.OpenAI(base_url="http://llm-routes/v1", api_key="unused", http_client=...)``.
+        """
+        kwargs.setdefault("base_url", "http://llm-routes/v1")
+        kwargs.setdefault("timeout", httpx.Timeout(self.config.deadline + 5.0))
+        return httpx.Client(transport=RoutingTransport(self._engine), **kwargs)
+
+    def close(self) -> None:
+        self._engine.close()
+
+    def __enter__(self) -> VLLMOpenAIProvider:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- async ---------------------------------------------------------------------------
+
+    async def achat(self, messages: Sequence[Mapping[str, Any]], **options: Any) -> str:
+        return (await self.achat_completion(messages, **options)).content or ""
+
+    async def achat_completion(self, messages: Sequence[Mapping[str, Any]], **options: Any
+                               ) -> ChatResult:
+        reply = await self._aengine.request(self._chat_spec(messages, options, stream=False))
+        return ChatResult.from_answer(reply.data, reply.route, tuple(reply.attempts),
+                                      reply.latency_s)
+
+    async def astream(self, messages: Sequence[Mapping[str, Any]], **options: Any
+                      ) -> AsyncIterator[str]:
+        async for event in self.astream_events(messages, **options):
+            if event.kind == "content":
+                yield event.text
+
+    async def astream_events(self, messages: Sequence[Mapping[str, Any]], **options: Any
+                             ) -> AsyncIterator[StreamEvent]:
+        stream = await self._aengine.open_stream(self._chat_spec(messages, options, stream=True))
+        accumulator = StreamAccumulator()
+        try:
+            async for chunk in stream:
+                for event in accumulator.events(chunk):
+                    yield event
+        finally:
+            await stream.aclose()
+        yield accumulator.end(stream.route)
+
+    async def acomplete(self, prompt: str | list[Any], **options: Any) -> CompletionResult:
+        reply = await self._aengine.request(self._completion_spec(prompt, options, stream=False))
+        return CompletionResult.from_answer(reply.data, reply.route, tuple(reply.attempts),
+                                            reply.latency_s)
+
+    async def alist_models(self) -> list[str]:
+        return _models_of(await self.ahealth_checks())
+
+    async def ais_available(self) -> bool:
+        checks = await acheck_routes(self._default_routes(), self._aengine.transport_for,
+                                     self._check_timeout())
+        return any(c.healthy for c in checks)
+
+    async def ahealth_checks(self, timeout: float | None = None) -> list[RouteCheck]:
+        return await acheck_routes(list(self.config.routes.values()),
+                                   self._aengine.transport_for, timeout or self._check_timeout())
+
+    async def ahealth(self, timeout: float | None = None) -> dict[str, dict[str, Any]]:
+        return self._merge(await self.ahealth_checks(timeout))
+
+    def async_http_client(self, **kwargs: Any) -> httpx.AsyncClient:
+        """The async twin of ``http_client``."""
+        kwargs.setdefault("base_url", "http://llm-routes/v1")
+        kwargs.setdefault("timeout", httpx.Timeout(self.config.deadline + 5.0))
+        return httpx.AsyncClient(transport=AsyncRoutingTransport(self._aengine), **kwargs)
+
+    async def aclose(self) -> None:
+        await self._aengine.aclose()
+        self._engine.close()
+
+    async def __aenter__(self) -> VLLMOpenAIProvider:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _check_timeout(self) -> float:
+        return min(5.0, self.config.timeout)
+
+    def _default_routes(self) -> list[RouteConfig]:
+        config = self.config
+        names = list(config.pool(config.default_model))
+        if config.fallback_route is not None:
+            names.append(config.fallback_route)
+        return [config.routes[name] for name in names]
+
+    def _merge(self, checks: list[RouteCheck]) -> dict[str, dict[str, Any]]:
+        stats = self.balancer.stats()
+        report: dict[str, dict[str, Any]] = {}
+        for check in checks:
+            entry = check.as_dict()
+            entry["state"] = stats[check.route]["state"]
+            report[check.route] = entry
+        return report
+
+
+def _check_messages(messages: Any) -> None:
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise InvalidRequestError(
+            "messages must be a list of {'role': ..., 'content': ...} mappings, "
+            f"got {type(messages).__name__}"
+        )
+    if not messages:
+        raise InvalidRequestError("messages is empty: give at least one message")
+    for position, message in enumerate(messages):
+        if not isinstance(message, Mapping) or "role" not in message:
+            raise InvalidRequestError(
+                f"messages[{position}] must be a mapping with a 'role', got {message!r:.80}"
+            )
+
+
+def _models_of(checks: list[RouteCheck]) -> list[str]:
+    answered = [c for c in checks if c.error is None or c.models]
+    if not answered:
+        attempts = [Attempt(c.route, "check_failed", None, c.error) for c in checks]
+        raise AllRoutesFailedError(
+            "no route answered /v1/models: " + "; ".join(f"{c.route}: {c.error}" for c in checks),
+            attempts=attempts,
+        )
+    return sorted({model for c in answered for model in c.models})

@@ -1,0 +1,180 @@
+"""Results handed to callers: OpenAI-shaped data plus where it came from.
+
+``ChatResult`` and ``CompletionResult`` wrap a decoded answer (``raw``) with the route that
+answered, the attempts made and the latency. ``StreamEvent`` is one typed piece of a stream
+(content, reasoning, a tool-call fragment, usage, the end). ``StreamAccumulator`` turns
+chat-stream chunks into those events and remembers what a whole answer needs (tool calls
+joined from their fragments, usage, finish reason).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .errors import Attempt
+
+__all__ = ["ChatResult", "CompletionResult", "StreamAccumulator", "StreamEvent"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResult:
+    """A chat completion. ``str(result)`` is the content."""
+
+    content: str | None
+    message: Mapping[str, Any]
+    tool_calls: list[dict[str, Any]]
+    reasoning: str | None
+    finish_reason: str | None
+    usage: Mapping[str, Any] | None
+    route: str
+    attempts: tuple[Attempt, ...]
+    latency_s: float
+    raw: Mapping[str, Any] = field(repr=False)
+    model: str | None = None
+
+    def __str__(self) -> str:
+        return self.content or ""
+
+    @classmethod
+    def from_answer(
+        cls, data: Mapping[str, Any], route: str, attempts: tuple[Attempt, ...], latency_s: float
+    ) -> ChatResult:
+        choice = data["choices"][0] if data.get("choices") else {}
+        message = choice.get("message") or {}
+        reasoning = message.get("reasoning")
+        if reasoning is None:
+            reasoning = message.get("reasoning_content")
+        return cls(
+            content=message.get("content"),
+            message=message,
+            tool_calls=list(message.get("tool_calls") or ()),
+            reasoning=reasoning,
+            finish_reason=choice.get("finish_reason"),
+            usage=data.get("usage"),
+            route=route,
+            attempts=attempts,
+            latency_s=latency_s,
+            raw=data,
+            model=data.get("model"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionResult:
+    """A text completion (/v1/completions). ``str(result)`` is the text."""
+
+    text: str
+    finish_reason: str | None
+    usage: Mapping[str, Any] | None
+    route: str
+    attempts: tuple[Attempt, ...]
+    latency_s: float
+    raw: Mapping[str, Any] = field(repr=False)
+
+    def __str__(self) -> str:
+        return self.text
+
+    @classmethod
+    def from_answer(
+        cls, data: Mapping[str, Any], route: str, attempts: tuple[Attempt, ...], latency_s: float
+    ) -> CompletionResult:
+        choice = data["choices"][0] if data.get("choices") else {}
+        return cls(
+            text=choice.get("text") or "",
+            finish_reason=choice.get("finish_reason"),
+            usage=data.get("usage"),
+            route=route,
+            attempts=attempts,
+            latency_s=latency_s,
+            raw=data,
+        )
+
+
+EventKind = Literal["content", "reasoning", "tool_call", "usage", "end"]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """One piece of a stream.
+
+    - ``content`` / ``reasoning``: ``text`` is the delta.
+    - ``tool_call``: ``tool_call`` is the fragment as sent (``index``, maybe ``id`` and
+      ``function.name``, a piece of ``function.arguments``).
+    - ``usage``: ``usage`` is the token counts (``stream_options.include_usage``).
+    - ``end``: the last event: ``finish_reason``, ``usage``, the joined ``tool_calls``, ``route``.
+    """
+
+    kind: EventKind
+    text: str = ""
+    tool_call: Mapping[str, Any] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    usage: Mapping[str, Any] | None = None
+    finish_reason: str | None = None
+    route: str | None = None
+    index: int = 0
+
+
+class StreamAccumulator:
+    """Chunks in, ``StreamEvent`` out; keeps what the end event reports."""
+
+    __slots__ = ("_tool_calls", "finish_reason", "usage")
+
+    def __init__(self) -> None:
+        self._tool_calls: dict[int, dict[str, Any]] = {}
+        self.finish_reason: str | None = None
+        self.usage: Mapping[str, Any] | None = None
+
+    def events(self, chunk: Mapping[str, Any]) -> Iterator[StreamEvent]:
+        usage = chunk.get("usage")
+        for choice in chunk.get("choices") or ():
+            index = choice.get("index", 0)
+            delta = choice.get("delta")
+            if delta is None:  # /v1/completions stream
+                text = choice.get("text")
+                if text:
+                    yield StreamEvent("content", text=text, index=index)
+            else:
+                reasoning = delta.get("reasoning") or delta.get("reasoning_content")
+                if reasoning:
+                    yield StreamEvent("reasoning", text=reasoning, index=index)
+                content = delta.get("content")
+                if content:
+                    yield StreamEvent("content", text=content, index=index)
+                for fragment in delta.get("tool_calls") or ():
+                    self._join_tool_call(fragment)
+                    yield StreamEvent("tool_call", tool_call=fragment, index=index)
+            if choice.get("finish_reason") is not None:
+                self.finish_reason = choice["finish_reason"]
+        if usage and not chunk.get("choices"):
+            self.usage = usage
+            yield StreamEvent("usage", usage=usage)
+
+    def _join_tool_call(self, fragment: Mapping[str, Any]) -> None:
+        slot = self._tool_calls.setdefault(
+            fragment.get("index", 0),
+            {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
+        )
+        if fragment.get("id"):
+            slot["id"] = fragment["id"]
+        if fragment.get("type"):
+            slot["type"] = fragment["type"]
+        function = fragment.get("function") or {}
+        if function.get("name"):
+            slot["function"]["name"] += function["name"]
+        if function.get("arguments"):
+            slot["function"]["arguments"] += function["arguments"]
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]]:
+        return [self._tool_calls[i] for i in sorted(self._tool_calls)]
+
+    def end(self, route: str) -> StreamEvent:
+        return StreamEvent(
+            "end",
+            tool_calls=self.tool_calls,
+            usage=self.usage,
+            finish_reason=self.finish_reason,
+            route=route,
+        )

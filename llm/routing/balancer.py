@@ -1,0 +1,204 @@
+"""The balancer: which route gets the next request, and what happened to the last one.
+
+Pure and thread-safe: no I/O, the clock and the random source are injected, and one lock
+guards every read-modify-write of route state (held for microseconds, never across I/O or an
+``await``, so the sync and async paths of one provider share it safely).
+
+The request life cycle, as the engines drive it::
+
+    route = balancer.pick(pool, exclude, stream)    # or force(...) when nothing is available
+    started = balancer.dispatch(route)              # in_flight += 1, trial bookkeeping
+    ...the I/O...
+    balancer.succeeded(route, started, latency=..., ttft=...)
+    balancer.failed(route, started, "connect error", retry_after=...)   # ejects
+    balancer.finished(route, started)                # neither: the caller's fault or a cancel
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Collection, Container, Iterable, Sequence
+from typing import Any
+
+from loguru import logger
+
+from ..config import HealthConfig, RouteConfig
+from .health import RouteHealth
+from .policies import POLICIES, LeastLatency, Policy, RoundRobin
+from .state import Pool, RouteState
+
+Clock = Callable[[], float]
+
+
+class Balancer:
+    """Route state for a set of routes, pools by model, and the pick/report protocol."""
+
+    def __init__(
+        self,
+        routes: Iterable[RouteConfig],
+        *,
+        policy: str | Policy = "round_robin",
+        health: HealthConfig | None = None,
+        fallback_route: str | None = None,
+        clock: Clock = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.health_config = health or HealthConfig()
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.lock = threading.Lock()
+        self.policy: Policy = self._make_policy(policy)
+        self.alpha = self.health_config.ewma_alpha
+        self.routes: dict[str, RouteState] = {}
+        for config in routes:
+            health_state = RouteHealth(
+                self.health_config.cooldown, self.health_config.max_cooldown
+            )
+            self.routes[config.name] = RouteState(config, health_state)
+        if fallback_route is not None and fallback_route not in self.routes:
+            raise KeyError(fallback_route)
+        self.fallback_route = fallback_route
+        self._pools: dict[str, Pool] = {}
+        self._single: dict[str, Pool] = {}
+
+    def _make_policy(self, policy: str | Policy) -> Policy:
+        if not isinstance(policy, str):
+            return policy
+        if policy == LeastLatency.name:
+            return LeastLatency(self.health_config.reprobe_interval)
+        if policy == RoundRobin.name:
+            return RoundRobin()
+        raise ValueError(f"unknown lb_policy {policy!r}; known: {', '.join(sorted(POLICIES))}")
+
+    # -- pools ---------------------------------------------------------------------------
+
+    def pool(self, model: str) -> Pool | None:
+        """The pool serving ``model``: its routes without the fallback (cached)."""
+        pool = self._pools.get(model)
+        if pool is None:
+            members = [
+                r for r in self.routes.values()
+                if r.config.model == model and r.name != self.fallback_route
+            ]
+            if not members:
+                members = [r for r in self.routes.values() if r.config.model == model]
+            if not members:
+                return None
+            pool = self._new_pool(model, members)
+            self._pools[model] = pool
+        return pool
+
+    def single(self, name: str) -> Pool:
+        """A pool of exactly one route (a pinned route, the fallback). KeyError if unknown."""
+        pool = self._single.get(name)
+        if pool is None:
+            route = self.routes[name]
+            pool = self._new_pool(route.config.model, [route])
+            self._single[name] = pool
+        return pool
+
+    @staticmethod
+    def _new_pool(model: str, members: Sequence[RouteState]) -> Pool:
+        weighted = len({r.weight for r in members}) > 1
+        return Pool(model, tuple(members), weighted, 0, frozenset(r.name for r in members))
+
+    def models(self) -> list[str]:
+        return list(dict.fromkeys(r.config.model for r in self.routes.values()))
+
+    # -- picking -------------------------------------------------------------------------
+
+    def pick(
+        self, pool: Pool, exclude: Container[RouteState] = (), stream: bool = False
+    ) -> RouteState | None:
+        """An available route of ``pool`` not in ``exclude``, chosen by the policy, or None."""
+        with self.lock:
+            return self.policy.choose(pool, exclude, self.clock(), stream)
+
+    def force(self, routes: Collection[RouteState]) -> RouteState | None:
+        """When nothing is available: the route whose cooldown (or Retry-After) ends first."""
+        if not routes:
+            return None
+        with self.lock:
+            return min(routes, key=_ready_at)
+
+    def available(self, pool: Pool) -> bool:
+        with self.lock:
+            now = self.clock()
+            return any(r.health.available(now) for r in pool.routes)
+
+    # -- reporting -----------------------------------------------------------------------
+
+    def dispatch(self, route: RouteState) -> float:
+        """A request goes to ``route`` now; returns its start time for the reports."""
+        with self.lock:
+            now = self.clock()
+            route.in_flight += 1
+            route.requests += 1
+            route.health.on_dispatch(now)
+            return now
+
+    def succeeded(
+        self,
+        route: RouteState,
+        started_at: float,
+        latency: float | None = None,
+        ttft: float | None = None,
+    ) -> None:
+        with self.lock:
+            route.in_flight -= 1
+            route.successes += 1
+            was_healthy = route.health.healthy
+            route.health.on_success(started_at)
+            alpha = self.alpha
+            if latency is not None:
+                old = route.latency_ewma
+                route.latency_ewma = latency if old is None else old + alpha * (latency - old)
+            if ttft is not None:
+                old = route.ttft_ewma
+                route.ttft_ewma = ttft if old is None else old + alpha * (ttft - old)
+            if latency is not None or ttft is not None:
+                route.last_sample_at = self.clock()
+        if not was_healthy and route.health.healthy:
+            logger.info("route {} is healthy again", route.name)
+
+    def failed(
+        self,
+        route: RouteState,
+        started_at: float,
+        reason: str,
+        retry_after: float | None = None,
+        loud: bool = False,
+    ) -> None:
+        with self.lock:
+            now = self.clock()
+            route.in_flight -= 1
+            route.failures += 1
+            route.last_error = reason
+            min_cooldown = retry_after or 0.0
+            if retry_after is not None:
+                route.retry_after_until = now + retry_after
+            ejected = route.health.on_failure(started_at, now, self.rng, min_cooldown)
+            until = route.health.ejected_until - now
+        if loud:
+            logger.error("route {} is misconfigured: {}", route.name, reason)
+        if ejected:
+            logger.warning("route {} ejected for {:.2f}s: {}", route.name, until, reason)
+
+    def finished(self, route: RouteState, started_at: float) -> None:
+        """The request ended without evidence about the route (a 400, a cancel)."""
+        with self.lock:
+            route.in_flight -= 1
+            route.health.on_neutral(started_at)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        with self.lock:
+            now = self.clock()
+            return {name: r.snapshot(now) for name, r in self.routes.items()}
+
+
+def _ready_at(route: RouteState) -> float:
+    return max(route.health.ejected_until, route.retry_after_until)

@@ -1,0 +1,205 @@
+"""The attempts of one call: where each one goes and how long to wait before it.
+
+Theory of operation
+-------------------
+``CallPlan.next()`` decides; the engines only act (sleep ``plan.delay``, send with
+``plan.timeout``, report the outcome back through the plan). The rules, in order:
+
+1. A call makes at most ``1 + max_retries`` attempts, all inside one overall deadline. The first
+   attempt always happens, even past the deadline or with every route ejected: a call never
+   fails without trying.
+2. Each attempt goes at once (no wait) to an available route of the pool not yet tried.
+3. When the pool has none left, the fallback route is tried (at once, with its own model).
+4. After that, retries go to the best route again: an available one if any recovered, else the
+   one whose cooldown (or Retry-After) ends first. These wait an exponential backoff with
+   jitter (``backoff_initial * 2^k``, capped at ``backoff_max``, between half and all of it),
+   and at least as long as the route's honoured Retry-After.
+5. A wait that would end past the deadline ends the call instead.
+
+Reporting: ``start`` marks the route busy and returns the start time; ``succeeded``,
+``failed`` and ``finished`` (no evidence either way) release it, update health and record an
+``Attempt``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from ..config import RetryConfig
+from ..errors import AllRoutesFailedError, Attempt, LLMError, RouteError
+from .balancer import Balancer
+from .state import Pool, RouteState
+
+Clock = Callable[[], float]
+
+
+def backoff_delay(retry_number: int, retry: RetryConfig, rng: random.Random) -> float:
+    """Wait before the ``retry_number``-th (0-based) repeat attempt: capped exponential, jittered."""
+    ceiling = min(retry.backoff_max, retry.backoff_initial * (2.0 ** min(retry_number, 32)))
+    return ceiling * (0.5 + 0.5 * rng.random())
+
+
+class CallPlan:
+    __slots__ = (
+        "attempts",
+        "balancer",
+        "clock",
+        "deadline_at",
+        "delay",
+        "fallback",
+        "last_error",
+        "max_attempts",
+        "pool",
+        "repeats",
+        "retry",
+        "started_at",
+        "stream",
+        "timeout",
+        "tried",
+    )
+
+    def __init__(
+        self,
+        balancer: Balancer,
+        pool: Pool,
+        fallback: Pool | None,
+        *,
+        retry: RetryConfig,
+        deadline: float,
+        stream: bool = False,
+        max_retries: int | None = None,
+    ) -> None:
+        self.balancer = balancer
+        self.clock = balancer.clock
+        self.pool = pool
+        self.fallback = fallback
+        self.retry = retry
+        self.stream = stream
+        self.max_attempts = 1 + (retry.max_retries if max_retries is None else max_retries)
+        self.started_at = self.clock()
+        self.deadline_at = self.started_at + deadline
+        self.tried: list[RouteState] = []
+        self.attempts: list[Attempt] = []
+        self.last_error: LLMError | None = None
+        self.repeats = 0
+        self.delay = 0.0
+        self.timeout = 0.0
+
+    # -- deciding ------------------------------------------------------------------------
+
+    def next(self) -> RouteState | None:
+        """The route of the next attempt (``delay`` and ``timeout`` set), or None: give up."""
+        made = len(self.attempts)
+        if made >= self.max_attempts:
+            return None
+        now = self.clock()
+        if made and now >= self.deadline_at:
+            return None
+        balancer = self.balancer
+        tried = self.tried
+        route = balancer.pick(self.pool, tried, self.stream)
+        fallback = self.fallback
+        if route is None and fallback is not None and fallback.routes[0] not in tried:
+            route = balancer.pick(fallback, (), self.stream)
+        delay = 0.0
+        if route is None and made == 0:
+            route = balancer.force(self._everyone())
+        elif route is None:
+            route = balancer.pick(self.pool, (), self.stream)
+            if route is None and fallback is not None:
+                route = balancer.pick(fallback, (), self.stream)
+            if route is None:
+                route = balancer.force(self._everyone())
+            if route is None:
+                return None
+            delay = backoff_delay(self.repeats, self.retry, balancer.rng)
+            delay = max(delay, route.retry_after_until - now)
+            self.repeats += 1
+        if route is None:
+            return None
+        remaining = self.deadline_at - now - delay
+        if made and remaining <= 0:
+            return None
+        self.delay = delay
+        self.timeout = min(route.config.timeout, remaining) if remaining > 0 else 0.001
+        return route
+
+    def _everyone(self) -> list[RouteState]:
+        routes = list(self.pool.routes)
+        if self.fallback is not None:
+            routes.extend(self.fallback.routes)
+        return routes
+
+    # -- reporting -----------------------------------------------------------------------
+
+    def start(self, route: RouteState) -> float:
+        self.tried.append(route)
+        return self.balancer.dispatch(route)
+
+    def succeeded(
+        self, route: RouteState, started_at: float, latency: float | None, ttft: float | None = None
+    ) -> None:
+        self.balancer.succeeded(route, started_at, latency, ttft)
+        elapsed = self.clock() - started_at
+        self.attempts.append(Attempt(route.name, "ok", None, None, elapsed))
+
+    def failed(
+        self,
+        route: RouteState,
+        started_at: float,
+        error: RouteError,
+        outcome: str,
+        *,
+        status_code: int | None = None,
+        retry_after: float | None = None,
+        loud: bool = False,
+    ) -> None:
+        """A failure that is the route's fault: eject it and remember why."""
+        reason = _short(error) or type(error).__name__
+        self.balancer.failed(route, started_at, reason, retry_after, loud)
+        self._record(route, started_at, outcome, status_code, error)
+
+    def finished(
+        self,
+        route: RouteState,
+        started_at: float,
+        error: LLMError | None = None,
+        outcome: str = "ok",
+        status_code: int | None = None,
+    ) -> None:
+        """The attempt ended without evidence about the route (caller's fault, cancelled)."""
+        self.balancer.finished(route, started_at)
+        self._record(route, started_at, outcome, status_code, error)
+
+    def _record(
+        self,
+        route: RouteState,
+        started_at: float,
+        outcome: str,
+        status_code: int | None,
+        error: LLMError | None,
+    ) -> None:
+        elapsed = self.clock() - started_at
+        text = _short(error)
+        self.attempts.append(Attempt(route.name, outcome, status_code, text, elapsed))
+        if error is not None:
+            self.last_error = error
+
+    def exhausted(self) -> AllRoutesFailedError:
+        """The error for a call whose attempts all failed."""
+        routes = ", ".join(dict.fromkeys(a.route for a in self.attempts))
+        reason = _short(self.last_error) or "no attempt could be made"
+        message = (
+            f"all attempts failed after {len(self.attempts)} attempt(s) "
+            f"on route(s) {routes}: {reason}"
+        )
+        return AllRoutesFailedError(message, attempts=self.attempts, last_error=self.last_error)
+
+
+def _short(error: LLMError | None) -> str | None:
+    if error is None:
+        return None
+    if isinstance(error, RouteError):
+        return Exception.__str__(error)
+    return str(error)

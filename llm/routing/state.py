@@ -1,0 +1,95 @@
+"""What the balancer knows about one route: its config, health and counters.
+
+A ``RouteState`` is created once per route and mutated only under the balancer's lock, so the
+hot path allocates nothing per request. ``Pool`` is the ordered set of routes that can serve
+one model, with the round-robin cursor that belongs to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import RouteConfig
+from .health import RouteHealth
+
+
+class RouteState:
+    """Mutable per-route record. ``index`` is the position in the route's pool."""
+
+    __slots__ = (
+        "config",
+        "current_weight",
+        "failures",
+        "health",
+        "in_flight",
+        "index",
+        "last_error",
+        "last_probe_at",
+        "last_sample_at",
+        "latency_ewma",
+        "name",
+        "requests",
+        "retry_after_until",
+        "successes",
+        "ttft_ewma",
+        "weight",
+    )
+
+    def __init__(self, config: RouteConfig, health: RouteHealth) -> None:
+        self.config = config
+        self.name = config.name
+        self.weight = config.weight
+        self.health = health
+        self.index = 0
+        self.requests = 0
+        self.successes = 0
+        self.failures = 0
+        self.in_flight = 0
+        self.latency_ewma: float | None = None
+        self.ttft_ewma: float | None = None
+        self.last_sample_at = float("-inf")
+        self.last_probe_at = float("-inf")
+        self.last_error: str | None = None
+        self.retry_after_until = float("-inf")
+        self.current_weight = 0.0
+
+    def __repr__(self) -> str:
+        return f"<RouteState {self.name} {'healthy' if self.health.healthy else 'ejected'}>"
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """Counters as plain data (for ``provider.stats()``); never includes secrets."""
+        return {
+            "route": self.name,
+            "base_url": self.config.base_url,
+            "model": self.config.model,
+            "state": self.health.state(now).value,
+            "requests": self.requests,
+            "successes": self.successes,
+            "failures": self.failures,
+            "in_flight": self.in_flight,
+            "latency_ewma_ms": _ms(self.latency_ewma),
+            "ttft_ewma_ms": _ms(self.ttft_ewma),
+            "ejections": self.health.ejections,
+            "consecutive_ejections": self.health.consecutive_ejections,
+            "cooldown_remaining_s": max(0.0, self.health.ejected_until - now)
+            if not self.health.healthy
+            else 0.0,
+            "last_error": self.last_error,
+        }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000.0, 3)
+
+
+@dataclass(eq=False)
+class Pool:
+    """Routes that can serve one model, in config order, plus the round-robin cursor."""
+
+    model: str
+    routes: Sequence[RouteState]
+    weighted: bool = False
+    cursor: int = 0
+    names: frozenset[str] = field(default_factory=frozenset)

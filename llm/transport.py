@@ -1,0 +1,190 @@
+"""httpx transports that route: any httpx-based client gets balancing and failover.
+
+``RoutingTransport`` / ``AsyncRoutingTransport`` take a request aimed at any host (say
+``http://llm-routes/v1/chat/completions``), run it through the provider's engine (pick a route,
+rewrite URL, credentials and ``model`` for it, retry and fail over) and hand back an ordinary
+``httpx.Response``. So ``openai.OpenAI(base_url=..., http_client=provider.http_client())``
+and LangChain's ``ChatOpenAI`` get the same routing without code of their own.
+
+- The client's own Authorization header is dropped: each route's key goes only to that route.
+- The body's ``model`` picks the pool; a model no route serves gets an OpenAI-shaped 404.
+- Final error statuses come back as responses (the SDK turns them into its own errors); when
+  no route answered at all, ``RoutesUnavailableError`` (an ``httpx.ConnectError`` and an
+  ``LLMError``) is raised.
+- Streams are handed over once their first token has arrived, so a route that dies before
+  that is failed over transparently.
+- ``response.extensions["llm_route"]`` and ``["llm_attempts"]`` say where the answer came from.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from .call import CallSpec
+from .errors import AllRoutesFailedError, APIStatusError, LLMError, NoRouteError
+
+if TYPE_CHECKING:
+    from .engine import AsyncEngine, AsyncStream, SyncEngine, SyncStream
+
+__all__ = ["AsyncRoutingTransport", "RoutesUnavailableError", "RoutingTransport"]
+
+_HOP_HEADERS = frozenset({"content-length", "transfer-encoding", "content-encoding", "connection"})
+
+
+class RoutesUnavailableError(httpx.ConnectError, LLMError):
+    """No route could be reached (raised to httpx clients, which expect a transport error)."""
+
+
+def _spec_for(request: httpx.Request, content: bytes) -> CallSpec:
+    path = request.url.raw_path.decode("ascii")
+    if path.startswith("/v1/") or path == "/v1":
+        path = path[3:]
+    body: dict[str, Any] | None = None
+    model: str | None = None
+    stream = False
+    if content:
+        try:
+            decoded = json.loads(content)
+        except ValueError:
+            decoded = None
+        if isinstance(decoded, dict):
+            body = decoded
+            model = decoded.pop("model", None)
+            stream = decoded.get("stream") is True
+    expect = "choices" if path.split("?")[0].endswith("completions") else None
+    return CallSpec(
+        path=path,
+        method=request.method,
+        body=body,
+        raw_body=content or None,
+        raw_model=model if isinstance(model, str) else None,
+        model=model if isinstance(model, str) else None,
+        stream=stream,
+        expect=expect,
+    )
+
+
+def _headers_of(headers: httpx.Headers) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in headers.multi_items() if k.lower() not in _HOP_HEADERS]
+
+
+def _error_response(request: httpx.Request, error: LLMError) -> httpx.Response:
+    """An error the client should see as a status; raises when there is no status to give."""
+    status_error: APIStatusError | None = None
+    if isinstance(error, APIStatusError):
+        status_error = error
+    elif isinstance(error, AllRoutesFailedError) and isinstance(error.last_error, APIStatusError):
+        status_error = error.last_error
+    if status_error is not None:
+        body = (status_error.body or "").encode()
+        response = httpx.Response(
+            status_error.status_code,
+            headers={"content-type": "application/json"},
+            content=body,
+            request=request,
+        )
+    elif isinstance(error, NoRouteError):
+        payload = {"error": {"message": f"llm-routes: {error}", "type": "NotFoundError",
+                             "param": "model", "code": 404}}
+        response = httpx.Response(404, json=payload, request=request)
+    else:
+        raise RoutesUnavailableError(str(error), request=request) from error
+    response.extensions["llm_attempts"] = list(getattr(error, "attempts", ()))
+    return response
+
+
+class RoutingTransport(httpx.BaseTransport):
+    def __init__(self, engine: SyncEngine) -> None:
+        self._engine = engine
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        spec = _spec_for(request, request.read())
+        try:
+            if spec.stream:
+                stream = self._engine.open_stream(spec)
+                response = httpx.Response(
+                    stream.status_code,
+                    headers=_headers_of(stream.headers),
+                    stream=_SyncStreamBody(stream),
+                    request=request,
+                )
+                response.extensions["llm_route"] = stream.route
+                response.extensions["llm_attempts"] = stream.attempts
+                return response
+            reply = self._engine.request(spec)
+        except LLMError as error:
+            return _error_response(request, error)
+        response = httpx.Response(
+            reply.status_code,
+            headers=_headers_of(reply.headers),
+            content=reply.content,
+            request=request,
+        )
+        response.extensions["llm_route"] = reply.route
+        response.extensions["llm_attempts"] = reply.attempts
+        return response
+
+    def close(self) -> None:
+        """Nothing to do: the provider owns the connections (close the provider instead)."""
+
+
+class AsyncRoutingTransport(httpx.AsyncBaseTransport):
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        spec = _spec_for(request, await request.aread())
+        try:
+            if spec.stream:
+                stream = await self._engine.open_stream(spec)
+                response = httpx.Response(
+                    stream.status_code,
+                    headers=_headers_of(stream.headers),
+                    stream=_AsyncStreamBody(stream),
+                    request=request,
+                )
+                response.extensions["llm_route"] = stream.route
+                response.extensions["llm_attempts"] = stream.attempts
+                return response
+            reply = await self._engine.request(spec)
+        except LLMError as error:
+            return _error_response(request, error)
+        response = httpx.Response(
+            reply.status_code,
+            headers=_headers_of(reply.headers),
+            content=reply.content,
+            request=request,
+        )
+        response.extensions["llm_route"] = reply.route
+        response.extensions["llm_attempts"] = reply.attempts
+        return response
+
+    async def aclose(self) -> None:
+        """Nothing to do: the provider owns the connections (close the provider instead)."""
+
+
+class _SyncStreamBody(httpx.SyncByteStream):
+    def __init__(self, stream: SyncStream) -> None:
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._stream.iter_raw()
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+class _AsyncStreamBody(httpx.AsyncByteStream):
+    def __init__(self, stream: AsyncStream) -> None:
+        self._stream = stream
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream.aiter_raw():
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
