@@ -42,11 +42,15 @@ def _requests(route: RouteConfig, timeout: float) -> tuple[httpx.Request, httpx.
     if route.api_key:
         headers["authorization"] = f"Bearer {route.api_key}"
     headers.update(route.headers)
-    extensions = {"timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}}
-    health = httpx.Request("GET", route.server_url + "/health", headers=headers,
-                           extensions=extensions)
-    models = httpx.Request("GET", route.base_url + "/models", headers=headers,
-                           extensions=extensions)
+    extensions = {
+        "timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
+    }
+    health = httpx.Request(
+        "GET", route.server_url + "/health", headers=headers, extensions=extensions
+    )
+    models = httpx.Request(
+        "GET", route.base_url + "/models", headers=headers, extensions=extensions
+    )
     return health, models
 
 
@@ -136,6 +140,4 @@ async def acheck_routes(
     transport_for: Callable[[RouteConfig], httpx.AsyncBaseTransport],
     timeout: float,
 ) -> list[RouteCheck]:
-    return list(
-        await asyncio.gather(*(acheck_route(transport_for(r), r, timeout) for r in routes))
-    )
+    return list(await asyncio.gather(*(acheck_route(transport_for(r), r, timeout) for r in routes)))

@@ -27,6 +27,7 @@ called at the transport level: the routing layer does what ``httpx.Client`` woul
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
@@ -110,8 +111,7 @@ class EngineBase:
                 pool = balancer.single(spec.route)
             except KeyError:
                 raise NoRouteError(
-                    f"no route named {spec.route!r}; configured routes: "
-                    + ", ".join(config.routes)
+                    f"no route named {spec.route!r}; configured routes: " + ", ".join(config.routes)
                 ) from None
         else:
             model = spec.model or config.default_model
@@ -201,8 +201,8 @@ class EngineBase:
                 return Reply(
                     route.name, status, response.headers, content, data, plan.attempts, latency
                 )
-            error = InvalidResponseError(f"HTTP {status} with {problem}", route=route.name)
-            plan.failed(route, started, error, "invalid_response", status_code=status)
+            invalid = InvalidResponseError(f"HTTP {status} with {problem}", route=route.name)
+            plan.failed(route, started, invalid, "invalid_response", status_code=status)
             return None
         error = status_error(route.name, status, content)
         if verdict is Verdict.CALLER_FAULT:
@@ -346,8 +346,8 @@ class SyncEngine(EngineBase):
                 problem = self._stream_problem(response)
                 if problem is not None:
                     response.close()
-                    error = InvalidResponseError(problem, route=route.name)
-                    plan.failed(route, started, error, "invalid_response")
+                    invalid = InvalidResponseError(problem, route=route.name)
+                    plan.failed(route, started, invalid, "invalid_response")
                     continue
             except _SYNC_IO_ERRORS as exc:
                 error = transport_error(route.name, exc)
@@ -380,7 +380,10 @@ class SyncStream:
         self._route = route
         self._started = started
         self._response = response
-        self._raw = response.iter_raw()
+        # A response that was read already (a mock transport may do that) still streams.
+        self._raw = (
+            iter((response.content,)) if response.is_stream_consumed else response.iter_raw()
+        )
         self._decoder = SSEDecoder()
         self._events: list[dict[str, Any]] = []
         self._chunks: list[bytes] = []
@@ -397,12 +400,11 @@ class SyncStream:
         try:
             for chunk in self._raw:
                 self._chunks.append(chunk)
-                for data in decoder.feed(chunk):
-                    event = _parse_event(data, self.route)
-                    self._events.append(event)
-                    if carries_payload(event):
-                        self.ttft_s = self._engine.clock() - self._started
-                        return True
+                events = [_parse_event(data, self.route) for data in decoder.feed(chunk)]
+                self._events.extend(events)
+                if any(carries_payload(event) for event in events):
+                    self.ttft_s = self._engine.clock() - self._started
+                    return True
                 if decoder.done:
                     return True
             error: RouteError = StreamInterruptedError(
@@ -415,8 +417,10 @@ class SyncStream:
         except BaseException:
             self._finish_neutral()
             raise
-        self._fail(error, outcome_name(error) if not isinstance(error, StreamInterruptedError)
-                   else "stream_cut")
+        self._fail(
+            error,
+            outcome_name(error) if not isinstance(error, StreamInterruptedError) else "stream_cut",
+        )
         return False
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -599,8 +603,8 @@ class AsyncEngine(EngineBase):
                 problem = self._stream_problem(response)
                 if problem is not None:
                     await response.aclose()
-                    error = InvalidResponseError(problem, route=route.name)
-                    plan.failed(route, started, error, "invalid_response")
+                    invalid = InvalidResponseError(problem, route=route.name)
+                    plan.failed(route, started, invalid, "invalid_response")
                     continue
             except LLMError:
                 raise
@@ -615,6 +619,10 @@ class AsyncEngine(EngineBase):
             if await stream._prime():
                 return stream
         raise plan.exhausted()
+
+
+async def _replay(content: bytes) -> AsyncIterator[bytes]:
+    yield content
 
 
 class AsyncStream:
@@ -633,7 +641,9 @@ class AsyncStream:
         self._route = route
         self._started = started
         self._response = response
-        self._raw = response.aiter_raw()
+        self._raw = (
+            _replay(response.content) if response.is_stream_consumed else response.aiter_raw()
+        )
         self._decoder = SSEDecoder()
         self._events: list[dict[str, Any]] = []
         self._chunks: list[bytes] = []
@@ -650,12 +660,11 @@ class AsyncStream:
         try:
             async for chunk in self._raw:
                 self._chunks.append(chunk)
-                for data in decoder.feed(chunk):
-                    event = _parse_event(data, self.route)
-                    self._events.append(event)
-                    if carries_payload(event):
-                        self.ttft_s = self._engine.clock() - self._started
-                        return True
+                events = [_parse_event(data, self.route) for data in decoder.feed(chunk)]
+                self._events.extend(events)
+                if any(carries_payload(event) for event in events):
+                    self.ttft_s = self._engine.clock() - self._started
+                    return True
                 if decoder.done:
                     return True
             error: RouteError = StreamInterruptedError(
@@ -668,8 +677,10 @@ class AsyncStream:
                 await self._finish_neutral()
                 raise
             error = transport_error(self.route, exc)
-        await self._fail(error, outcome_name(error) if not isinstance(error, StreamInterruptedError)
-                         else "stream_cut")
+        await self._fail(
+            error,
+            outcome_name(error) if not isinstance(error, StreamInterruptedError) else "stream_cut",
+        )
         return False
 
     async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
@@ -740,10 +751,9 @@ class AsyncStream:
         await self._close_response()
 
     async def _close_response(self) -> None:
-        try:
+        # Closing a broken connection must not mask the error being reported.
+        with contextlib.suppress(Exception):
             await self._response.aclose()
-        except Exception:  # noqa: BLE001 - closing a broken connection must not mask the error
-            pass
 
     async def aclose(self) -> None:
         """Release the connection; a stream closed before its end still records its TTFT."""

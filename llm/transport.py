@@ -88,8 +88,14 @@ def _error_response(request: httpx.Request, error: LLMError) -> httpx.Response:
             request=request,
         )
     elif isinstance(error, NoRouteError):
-        payload = {"error": {"message": f"llm-routes: {error}", "type": "NotFoundError",
-                             "param": "model", "code": 404}}
+        payload = {
+            "error": {
+                "message": f"llm-routes: {error}",
+                "type": "NotFoundError",
+                "param": "model",
+                "code": 404,
+            }
+        }
         response = httpx.Response(404, json=payload, request=request)
     else:
         raise RoutesUnavailableError(str(error), request=request) from error

@@ -59,14 +59,17 @@ class VLLMOpenAIProvider:
             clock=clock,
             rng=rng,
         )
-        self._engine = SyncEngine(config, self.balancer, clock=clock, sleep=sleep,
-                                  transport=transport)
+        self._engine = SyncEngine(
+            config, self.balancer, clock=clock, sleep=sleep, transport=transport
+        )
         if async_sleep is None:
-            self._aengine = AsyncEngine(config, self.balancer, clock=clock,
-                                        transport=async_transport)
+            self._aengine = AsyncEngine(
+                config, self.balancer, clock=clock, transport=async_transport
+            )
         else:
-            self._aengine = AsyncEngine(config, self.balancer, clock=clock, sleep=async_sleep,
-                                        transport=async_transport)
+            self._aengine = AsyncEngine(
+                config, self.balancer, clock=clock, sleep=async_sleep, transport=async_transport
+            )
 
     def __repr__(self) -> str:
         return (
@@ -120,11 +123,11 @@ class VLLMOpenAIProvider:
         self, messages: Sequence[Mapping[str, Any]], options: Mapping[str, Any], *, stream: bool
     ) -> CallSpec:
         _check_messages(messages)
-        return self._spec("/chat/completions", {"messages": list(messages)}, options,
-                          stream=stream)
+        return self._spec("/chat/completions", {"messages": list(messages)}, options, stream=stream)
 
-    def _completion_spec(self, prompt: Any, options: Mapping[str, Any], *, stream: bool
-                         ) -> CallSpec:
+    def _completion_spec(
+        self, prompt: Any, options: Mapping[str, Any], *, stream: bool
+    ) -> CallSpec:
         if not isinstance(prompt, (str, list)) or not prompt:
             raise InvalidRequestError("prompt must be a non-empty string or list")
         return self._spec("/completions", {"prompt": prompt}, options, stream=stream)
@@ -135,11 +138,11 @@ class VLLMOpenAIProvider:
         """The assistant's text for ``messages`` ("" when it answered only with tool calls)."""
         return self.chat_completion(messages, **options).content or ""
 
-    def chat_completion(self, messages: Sequence[Mapping[str, Any]], **options: Any
-                        ) -> ChatResult:
+    def chat_completion(self, messages: Sequence[Mapping[str, Any]], **options: Any) -> ChatResult:
         reply = self._engine.request(self._chat_spec(messages, options, stream=False))
-        return ChatResult.from_answer(reply.data, reply.route, tuple(reply.attempts),
-                                      reply.latency_s)
+        return ChatResult.from_answer(
+            reply.data, reply.route, tuple(reply.attempts), reply.latency_s
+        )
 
     def stream(self, messages: Sequence[Mapping[str, Any]], **options: Any) -> Iterator[str]:
         """Text deltas as they arrive."""
@@ -147,8 +150,9 @@ class VLLMOpenAIProvider:
             if event.kind == "content":
                 yield event.text
 
-    def stream_events(self, messages: Sequence[Mapping[str, Any]], **options: Any
-                      ) -> Iterator[StreamEvent]:
+    def stream_events(
+        self, messages: Sequence[Mapping[str, Any]], **options: Any
+    ) -> Iterator[StreamEvent]:
         """Typed pieces: content, reasoning, tool-call fragments, usage, and a final ``end``."""
         stream = self._engine.open_stream(self._chat_spec(messages, options, stream=True))
         accumulator = StreamAccumulator()
@@ -162,8 +166,9 @@ class VLLMOpenAIProvider:
     def complete(self, prompt: str | list[Any], **options: Any) -> CompletionResult:
         """A text completion (/v1/completions)."""
         reply = self._engine.request(self._completion_spec(prompt, options, stream=False))
-        return CompletionResult.from_answer(reply.data, reply.route, tuple(reply.attempts),
-                                            reply.latency_s)
+        return CompletionResult.from_answer(
+            reply.data, reply.route, tuple(reply.attempts), reply.latency_s
+        )
 
     def list_models(self) -> list[str]:
         """Model ids served by the routes that answer, sorted; raises if none answers."""
@@ -172,20 +177,25 @@ class VLLMOpenAIProvider:
     def is_available(self) -> bool:
         """True when some route of the default pool (or the fallback) passes a live check."""
         routes = self._default_routes()
-        return any(c.healthy for c in check_routes(routes, self._engine.transport_for,
-                                                   self._check_timeout()))
+        return any(
+            c.healthy
+            for c in check_routes(routes, self._engine.transport_for, self._check_timeout())
+        )
 
     def health_checks(self, timeout: float | None = None) -> list[RouteCheck]:
         """A live check (/health, /v1/models) of every route, in config order."""
-        return check_routes(list(self.config.routes.values()), self._engine.transport_for,
-                            timeout or self._check_timeout())
+        return check_routes(
+            list(self.config.routes.values()),
+            self._engine.transport_for,
+            timeout or self._check_timeout(),
+        )
 
     def health(self, timeout: float | None = None) -> dict[str, dict[str, Any]]:
         """Per route: the live check merged with the balancer's state."""
         return self._merge(self.health_checks(timeout))
 
     def stats(self) -> dict[str, dict[str, Any]]:
-        """Per route counters: state, requests, failures, in-flight, EWMAs, ejections, last error."""
+        """Per route: state, requests, failures, in-flight, EWMAs, ejections, last error."""
         return self.balancer.stats()
 
     def http_client(self, **kwargs: Any) -> httpx.Client:
@@ -212,20 +222,24 @@ class VLLMOpenAIProvider:
     async def achat(self, messages: Sequence[Mapping[str, Any]], **options: Any) -> str:
         return (await self.achat_completion(messages, **options)).content or ""
 
-    async def achat_completion(self, messages: Sequence[Mapping[str, Any]], **options: Any
-                               ) -> ChatResult:
+    async def achat_completion(
+        self, messages: Sequence[Mapping[str, Any]], **options: Any
+    ) -> ChatResult:
         reply = await self._aengine.request(self._chat_spec(messages, options, stream=False))
-        return ChatResult.from_answer(reply.data, reply.route, tuple(reply.attempts),
-                                      reply.latency_s)
+        return ChatResult.from_answer(
+            reply.data, reply.route, tuple(reply.attempts), reply.latency_s
+        )
 
-    async def astream(self, messages: Sequence[Mapping[str, Any]], **options: Any
-                      ) -> AsyncIterator[str]:
+    async def astream(
+        self, messages: Sequence[Mapping[str, Any]], **options: Any
+    ) -> AsyncIterator[str]:
         async for event in self.astream_events(messages, **options):
             if event.kind == "content":
                 yield event.text
 
-    async def astream_events(self, messages: Sequence[Mapping[str, Any]], **options: Any
-                             ) -> AsyncIterator[StreamEvent]:
+    async def astream_events(
+        self, messages: Sequence[Mapping[str, Any]], **options: Any
+    ) -> AsyncIterator[StreamEvent]:
         stream = await self._aengine.open_stream(self._chat_spec(messages, options, stream=True))
         accumulator = StreamAccumulator()
         try:
@@ -238,20 +252,25 @@ class VLLMOpenAIProvider:
 
     async def acomplete(self, prompt: str | list[Any], **options: Any) -> CompletionResult:
         reply = await self._aengine.request(self._completion_spec(prompt, options, stream=False))
-        return CompletionResult.from_answer(reply.data, reply.route, tuple(reply.attempts),
-                                            reply.latency_s)
+        return CompletionResult.from_answer(
+            reply.data, reply.route, tuple(reply.attempts), reply.latency_s
+        )
 
     async def alist_models(self) -> list[str]:
         return _models_of(await self.ahealth_checks())
 
     async def ais_available(self) -> bool:
-        checks = await acheck_routes(self._default_routes(), self._aengine.transport_for,
-                                     self._check_timeout())
+        checks = await acheck_routes(
+            self._default_routes(), self._aengine.transport_for, self._check_timeout()
+        )
         return any(c.healthy for c in checks)
 
     async def ahealth_checks(self, timeout: float | None = None) -> list[RouteCheck]:
-        return await acheck_routes(list(self.config.routes.values()),
-                                   self._aengine.transport_for, timeout or self._check_timeout())
+        return await acheck_routes(
+            list(self.config.routes.values()),
+            self._aengine.transport_for,
+            timeout or self._check_timeout(),
+        )
 
     async def ahealth(self, timeout: float | None = None) -> dict[str, dict[str, Any]]:
         return self._merge(await self.ahealth_checks(timeout))

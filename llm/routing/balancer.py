@@ -53,9 +53,7 @@ class Balancer:
         self.alpha = self.health_config.ewma_alpha
         self.routes: dict[str, RouteState] = {}
         for config in routes:
-            health_state = RouteHealth(
-                self.health_config.cooldown, self.health_config.max_cooldown
-            )
+            health_state = RouteHealth(self.health_config.cooldown, self.health_config.max_cooldown)
             self.routes[config.name] = RouteState(config, health_state)
         if fallback_route is not None and fallback_route not in self.routes:
             raise KeyError(fallback_route)
@@ -79,7 +77,8 @@ class Balancer:
         pool = self._pools.get(model)
         if pool is None:
             members = [
-                r for r in self.routes.values()
+                r
+                for r in self.routes.values()
                 if r.config.model == model and r.name != self.fallback_route
             ]
             if not members:

@@ -32,7 +32,7 @@ class State(str, Enum):
 def cooldown_for(
     consecutive: int, base: float, cap: float, rng: random.Random, jitter: float = 0.2
 ) -> float:
-    """Cooldown of the ``consecutive``-th ejection in a row: base * 2^(n-1), capped, jittered down."""
+    """Cooldown of the n-th ejection in a row: base * 2^(n-1), capped, jittered down."""
     raw = base * (2.0 ** min(consecutive - 1, 32))
     return min(cap, raw) * (1.0 - jitter * rng.random())
 

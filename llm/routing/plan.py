@@ -35,7 +35,7 @@ Clock = Callable[[], float]
 
 
 def backoff_delay(retry_number: int, retry: RetryConfig, rng: random.Random) -> float:
-    """Wait before the ``retry_number``-th (0-based) repeat attempt: capped exponential, jittered."""
+    """Wait before the n-th (0-based) repeat attempt: capped exponential, jittered."""
     ceiling = min(retry.backoff_max, retry.backoff_initial * (2.0 ** min(retry_number, 32)))
     return ceiling * (0.5 + 0.5 * rng.random())
 

@@ -52,7 +52,9 @@ class RoundRobin:
         return None
 
     @staticmethod
-    def _choose_weighted(pool: Pool, exclude: Container[RouteState], now: float) -> RouteState | None:
+    def _choose_weighted(
+        pool: Pool, exclude: Container[RouteState], now: float
+    ) -> RouteState | None:
         best: RouteState | None = None
         total = 0.0
         for route in pool.routes:
