@@ -30,8 +30,9 @@ import asyncio
 import contextlib
 import json
 import random
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -283,19 +284,23 @@ class SyncEngine(EngineBase):
         self.sleep = sleep
         self._given_transport = transport
         self._transports: dict[bool | str, httpx.BaseTransport] = {}
+        self._lock = threading.Lock()
 
     def transport_for(self, route: RouteConfig) -> httpx.BaseTransport:
         if self._given_transport is not None:
             return self._given_transport
-        verify = route.verify
-        transport = self._transports.get(verify)
+        transport = self._transports.get(route.verify)
         if transport is None:
-            transport = httpx.HTTPTransport(verify=verify, limits=_LIMITS)
-            self._transports[verify] = transport
+            with self._lock:  # threads racing here would each make (and leak) a pool
+                transport = self._transports.get(route.verify)
+                if transport is None:
+                    transport = httpx.HTTPTransport(verify=route.verify, limits=_LIMITS)
+                    self._transports[route.verify] = transport
         return transport
 
     def close(self) -> None:
-        transports, self._transports = self._transports, {}
+        with self._lock:
+            transports, self._transports = self._transports, {}
         for transport in transports.values():
             transport.close()
 
@@ -683,7 +688,7 @@ class AsyncStream:
         )
         return False
 
-    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+    async def __aiter__(self) -> AsyncGenerator[dict[str, Any], None]:
         async for _raw, events in self._pieces():
             for event in events:
                 yield event

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -144,15 +144,21 @@ class VLLMOpenAIProvider:
             reply.data, reply.route, tuple(reply.attempts), reply.latency_s
         )
 
-    def stream(self, messages: Sequence[Mapping[str, Any]], **options: Any) -> Iterator[str]:
+    def stream(
+        self, messages: Sequence[Mapping[str, Any]], **options: Any
+    ) -> Generator[str, None, None]:
         """Text deltas as they arrive."""
-        for event in self.stream_events(messages, **options):
-            if event.kind == "content":
-                yield event.text
+        events = self.stream_events(messages, **options)
+        try:
+            for event in events:
+                if event.kind == "content":
+                    yield event.text
+        finally:
+            events.close()
 
     def stream_events(
         self, messages: Sequence[Mapping[str, Any]], **options: Any
-    ) -> Iterator[StreamEvent]:
+    ) -> Generator[StreamEvent, None, None]:
         """Typed pieces: content, reasoning, tool-call fragments, usage, and a final ``end``."""
         stream = self._engine.open_stream(self._chat_spec(messages, options, stream=True))
         accumulator = StreamAccumulator()
@@ -232,21 +238,27 @@ class VLLMOpenAIProvider:
 
     async def astream(
         self, messages: Sequence[Mapping[str, Any]], **options: Any
-    ) -> AsyncIterator[str]:
-        async for event in self.astream_events(messages, **options):
-            if event.kind == "content":
-                yield event.text
+    ) -> AsyncGenerator[str, None]:
+        events = self.astream_events(messages, **options)
+        try:
+            async for event in events:
+                if event.kind == "content":
+                    yield event.text
+        finally:
+            await events.aclose()  # an async generator is not closed by its consumer's close
 
     async def astream_events(
         self, messages: Sequence[Mapping[str, Any]], **options: Any
-    ) -> AsyncIterator[StreamEvent]:
+    ) -> AsyncGenerator[StreamEvent, None]:
         stream = await self._aengine.open_stream(self._chat_spec(messages, options, stream=True))
         accumulator = StreamAccumulator()
+        chunks = stream.__aiter__()
         try:
-            async for chunk in stream:
+            async for chunk in chunks:
                 for event in accumulator.events(chunk):
                     yield event
         finally:
+            await chunks.aclose()
             await stream.aclose()
         yield accumulator.end(stream.route)
 
