@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from ..call import CallSpec
+from ..checker import ActiveChecker
 from ..checks import RouteCheck, acheck_routes, check_routes
 from ..config import LLMConfig, RouteConfig
 from ..engine import AsyncEngine, SyncEngine
@@ -62,6 +63,15 @@ class VLLMOpenAIProvider:
         self._engine = SyncEngine(
             config, self.balancer, clock=clock, sleep=sleep, transport=transport
         )
+        self._checker: ActiveChecker | None = None
+        if config.health.check_interval > 0:
+            self._checker = ActiveChecker(
+                list(config.routes.values()),
+                self.balancer,
+                self._engine.transport_for,
+                config.health.check_interval,
+                self._check_timeout(),
+            ).start()
         if async_sleep is None:
             self._aengine = AsyncEngine(
                 config, self.balancer, clock=clock, transport=async_transport
@@ -215,6 +225,8 @@ class VLLMOpenAIProvider:
         return httpx.Client(transport=RoutingTransport(self._engine), **kwargs)
 
     def close(self) -> None:
+        if self._checker is not None:
+            self._checker.stop()
         self._engine.close()
 
     def __enter__(self) -> VLLMOpenAIProvider:
@@ -295,7 +307,7 @@ class VLLMOpenAIProvider:
 
     async def aclose(self) -> None:
         await self._aengine.aclose()
-        self._engine.close()
+        self.close()
 
     async def __aenter__(self) -> VLLMOpenAIProvider:
         return self

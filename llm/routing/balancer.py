@@ -191,6 +191,24 @@ class Balancer:
             route.in_flight -= 1
             route.health.on_neutral(started_at)
 
+    def observe_check(self, name: str, healthy: bool, reason: str | None = None) -> None:
+        """An active check's verdict: a failing healthy route is ejected; a passing ejected
+        route may take its trial request now instead of waiting out the cooldown."""
+        route = self.routes[name]
+        with self.lock:
+            now = self.clock()
+            health = route.health
+            if healthy:
+                if not health.healthy:
+                    health.ejected_until = min(health.ejected_until, now)
+                return
+            if not health.healthy:
+                return
+            route.last_error = f"active check: {reason}"
+            health.on_failure(now, now, self.rng)
+            until = health.ejected_until - now
+        logger.warning("route {} ejected for {:.2f}s by an active check: {}", name, until, reason)
+
     # -- reading -------------------------------------------------------------------------
 
     def stats(self) -> dict[str, dict[str, Any]]:

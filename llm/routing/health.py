@@ -92,8 +92,8 @@ class RouteHealth:
         self, started_at: float, now: float, rng: random.Random, min_cooldown: float = 0.0
     ) -> bool:
         """Record a route failure; returns True when this failure ejected the route."""
-        if not self.healthy and started_at < self.ejected_at:
-            return False  # in flight before the current ejection: already accounted for
+        if started_at < self.ejected_at:
+            return False  # in flight before the last ejection: already accounted for
         self.healthy = False
         self.trial_in_flight = False
         self.ejections += 1

@@ -1,0 +1,112 @@
+"""Public entry point of the fake vLLM server, and its command line.
+
+How this works
+--------------
+Importing this module gives :class:`FakeVLLM`, :class:`RecordedRequest` and
+:func:`start_fleet` (implemented in ``llm.testing._server``). Running it,
+``python -m llm.testing.fake_vllm --port 8000 ...``, starts one FakeVLLM with the
+given options, prints ``fake vLLM serving MODEL on http://HOST:PORT`` once it
+listens, and serves until SIGINT/SIGTERM, then stops cleanly and exits 0.
+Another process can inject faults live with ``POST /_fake/control`` (JSON keys:
+fail_next, fail_status, fail_message, retry_after, fail_fraction,
+cut_streams_after, hang_streams_after, hang, latency, token_delay, reset,
+respond_garbage) and read counters with ``GET /_fake/control``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from llm.testing._server import GARBAGE_KINDS, FakeVLLM, RecordedRequest, start_fleet
+
+__all__ = ["FakeVLLM", "RecordedRequest", "main", "start_fleet"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m llm.testing.fake_vllm",
+        description="A fake vLLM 0.32 OpenAI-compatible server with fault injection.",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000, help="0 = ephemeral (default 8000)")
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--name", default=None)
+    p.add_argument("--latency", type=float, default=0.0)
+    p.add_argument("--tokens", type=int, default=8)
+    p.add_argument("--token-delay", type=float, default=0.0)
+    p.add_argument("--max-model-len", type=int, default=512)
+    p.add_argument("--reasoning", action="store_true")
+    p.add_argument("--error-style", choices=("nested", "flat"), default="nested")
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--fail-next", type=int, default=0, metavar="N")
+    p.add_argument("--fail-status", type=int, default=None, metavar="S")
+    p.add_argument("--fail-fraction", type=float, default=0.0, metavar="P")
+    p.add_argument("--cut-after", type=int, default=None, metavar="K")
+    p.add_argument("--hang-streams-after", type=int, default=None, metavar="K")
+    p.add_argument("--garbage", choices=sorted(GARBAGE_KINDS), default=None)
+    p.add_argument("--hang", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keep-alive-timeout", type=float, default=None)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    server = FakeVLLM(
+        args.model,
+        host=args.host,
+        port=args.port,
+        latency=args.latency,
+        tokens=args.tokens,
+        token_delay=args.token_delay,
+        max_model_len=args.max_model_len,
+        reasoning=args.reasoning,
+        error_style=args.error_style,
+        api_key=args.api_key,
+        name=args.name,
+        seed=args.seed,
+        keep_alive_timeout=args.keep_alive_timeout,
+    )
+    if args.fail_next:
+        server.fail_next(args.fail_next, args.fail_status or 503)
+    if args.fail_fraction:
+        server.fail_fraction(args.fail_fraction, args.fail_status or 500)
+    if args.cut_after is not None:
+        server.cut_streams_after(args.cut_after)
+    if args.hang_streams_after is not None:
+        server.hang_streams_after(args.hang_streams_after)
+    if args.garbage is not None:
+        server.respond_garbage(args.garbage)
+    if args.hang:
+        server.hang(True)
+
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    old_int = signal.signal(signal.SIGINT, _on_signal)
+    old_term = signal.signal(signal.SIGTERM, _on_signal)
+    try:
+        try:
+            server.start()
+        except OSError as exc:
+            print(f"fake vLLM: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+            return 1
+        print(f"fake vLLM serving {args.model} on {server.url}", flush=True)
+        while not stop.wait(0.2):
+            pass
+    finally:
+        server.stop()
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Shared test helpers: a fake clock and a balancer factory (no sockets, no sleeping)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from llm.config import HealthConfig, RouteConfig
+from llm.routing import Balancer
+
+
+class FakeClock:
+    """A clock that only moves when told to."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+
+def route_config(name: str, model: str = "m", **kwargs: Any) -> RouteConfig:
+    kwargs.setdefault("timeout", 5.0)
+    return RouteConfig(name=name, base_url=f"http://127.0.0.1:1/{name}/v1", model=model, **kwargs)
+
+
+MakeBalancer = Callable[..., Balancer]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def make_balancer(clock: FakeClock) -> MakeBalancer:
+    """``make_balancer("a", "b", route_config("c", weight=2), policy=..., health=...)``.
+
+    Plain names become routes of model "m". Uses the ``clock`` fixture and a seeded rng.
+    """
+
+    def make(
+        *routes: str | RouteConfig,
+        policy: Any = "round_robin",
+        health: HealthConfig | None = None,
+        fallback_route: str | None = None,
+        seed: int = 0,
+    ) -> Balancer:
+        configs = [route_config(r) if isinstance(r, str) else r for r in routes]
+        return Balancer(
+            configs,
+            policy=policy,
+            health=health or HealthConfig(cooldown=5, max_cooldown=60),
+            fallback_route=fallback_route,
+            clock=clock,
+            rng=random.Random(seed),
+        )
+
+    return make

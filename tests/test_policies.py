@@ -1,0 +1,261 @@
+"""Load-balancing policies, driven through the Balancer with a fake clock."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+
+import pytest
+from conftest import FakeClock, MakeBalancer, route_config
+
+from llm.config import HealthConfig
+from llm.routing import Balancer, LeastLatency, Pool, RoundRobin, RouteState
+
+
+def picks(balancer: Balancer, pool: Pool, n: int, **kw: object) -> list[str]:
+    names = []
+    for _ in range(n):
+        route = balancer.pick(pool, **kw)  # type: ignore[arg-type]
+        assert route is not None
+        names.append(route.name)
+    return names
+
+
+def eject(balancer: Balancer, route: RouteState) -> None:
+    started = balancer.dispatch(route)
+    balancer.failed(route, started, "boom")
+    assert not route.health.available(balancer.clock())
+
+
+def measure(
+    balancer: Balancer, route: RouteState, latency: float | None, ttft: float | None = None
+) -> None:
+    started = balancer.dispatch(route)
+    balancer.succeeded(route, started, latency=latency, ttft=ttft)
+
+
+def max_run(sequence: list[str]) -> int:
+    return max(len(list(group)) for _, group in itertools.groupby(sequence))
+
+
+# -- round robin -------------------------------------------------------------------------
+
+
+def test_policy_names_and_default() -> None:
+    assert RoundRobin.name == "round_robin"
+    assert LeastLatency.name == "least_latency"
+    assert isinstance(Balancer([]).policy, RoundRobin)
+    with pytest.raises(ValueError, match="unknown lb_policy"):
+        Balancer([], policy="random")
+
+
+def test_round_robin_is_exactly_even(make_balancer: MakeBalancer) -> None:
+    balancer = make_balancer("a", "b", "c")
+    pool = balancer.pool("m")
+    assert pool is not None and not pool.weighted
+    names = picks(balancer, pool, 300)
+    assert Counter(names) == {"a": 100, "b": 100, "c": 100}
+    assert names[:6] == ["a", "b", "c", "a", "b", "c"]
+
+
+def test_round_robin_skips_an_ejected_route_without_unbalancing(
+    make_balancer: MakeBalancer,
+) -> None:
+    balancer = make_balancer("a", "b", "c")
+    pool = balancer.pool("m")
+    assert pool is not None
+    eject(balancer, balancer.routes["b"])
+    names = picks(balancer, pool, 300)
+    assert Counter(names) == {"a": 150, "c": 150}
+    assert max_run(names) == 1
+
+
+def test_round_robin_honours_exclude(make_balancer: MakeBalancer) -> None:
+    balancer = make_balancer("a", "b", "c")
+    pool = balancer.pool("m")
+    assert pool is not None
+    a, b, c = (balancer.routes[n] for n in "abc")
+    assert set(picks(balancer, pool, 50, exclude=[a])) == {"b", "c"}
+    assert set(picks(balancer, pool, 50, exclude={a, c})) == {"b"}
+    assert balancer.pick(pool, exclude=[a, b, c]) is None
+
+
+def test_round_robin_returns_none_when_every_route_is_ejected(
+    make_balancer: MakeBalancer,
+) -> None:
+    balancer = make_balancer("a", "b")
+    pool = balancer.pool("m")
+    assert pool is not None
+    for route in pool.routes:
+        eject(balancer, route)
+    assert balancer.pick(pool) is None
+    assert not balancer.available(pool)
+
+
+@pytest.mark.parametrize("weights", [(1, 2, 3), (1, 1, 2), (3, 1, 1), (2, 5, 1)])
+def test_weighted_round_robin_shares_and_smoothness(
+    make_balancer: MakeBalancer, weights: tuple[int, ...]
+) -> None:
+    names_ = ["a", "b", "c"]
+    balancer = make_balancer(
+        *(route_config(n, weight=w) for n, w in zip(names_, weights, strict=True))
+    )
+    pool = balancer.pool("m")
+    assert pool is not None and pool.weighted
+    period = sum(weights)
+    names = picks(balancer, pool, period * 100)
+    assert Counter(names) == {n: w * 100 for n, w in zip(names_, weights, strict=True)}
+    # Smooth: every window of one period holds exactly the weights (no bursts).
+    expected = {n: w for n, w in zip(names_, weights, strict=True) if w}
+    for start in range(len(names) - period):
+        assert Counter(names[start : start + period]) == expected
+
+
+@pytest.mark.parametrize("weights", [(1, 2, 3), (1, 1, 2)])
+def test_weighted_round_robin_interleaves(
+    make_balancer: MakeBalancer, weights: tuple[int, ...]
+) -> None:
+    balancer = make_balancer(
+        *(route_config(n, weight=w) for n, w in zip("abc", weights, strict=True))
+    )
+    pool = balancer.pool("m")
+    assert pool is not None
+    names = picks(balancer, pool, 120)
+    assert max_run(names) <= 2
+
+
+def test_weighted_round_robin_skips_an_ejected_route(make_balancer: MakeBalancer) -> None:
+    balancer = make_balancer(
+        *(route_config(n, weight=w) for n, w in zip("abc", (1, 2, 3), strict=True))
+    )
+    pool = balancer.pool("m")
+    assert pool is not None
+    eject(balancer, balancer.routes["c"])
+    names = picks(balancer, pool, 300)
+    assert Counter(names) == {"a": 100, "b": 200}
+    assert balancer.pick(pool, exclude=[balancer.routes["a"], balancer.routes["b"]]) is None
+
+
+# -- least latency -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def fastest(make_balancer: MakeBalancer) -> Balancer:
+    return make_balancer(
+        "a", "b", "c", policy="least_latency", health=HealthConfig(reprobe_interval=10.0)
+    )
+
+
+def test_least_latency_is_built_with_the_configured_reprobe_interval(
+    make_balancer: MakeBalancer,
+) -> None:
+    balancer = make_balancer("a", policy="least_latency", health=HealthConfig(reprobe_interval=3))
+    assert isinstance(balancer.policy, LeastLatency)
+    assert balancer.policy.reprobe_interval == 3
+
+
+def test_least_latency_unmeasured_routes_first(fastest: Balancer) -> None:
+    pool = fastest.pool("m")
+    assert pool is not None
+    a, b = fastest.routes["a"], fastest.routes["b"]
+    measure(fastest, a, 0.01)
+    measure(fastest, b, 0.02)
+    # c is cold: it gets the traffic although the others are fast
+    assert picks(fastest, pool, 3) == ["c", "c", "c"]
+
+
+def test_least_latency_cold_start_spreads_by_in_flight(fastest: Balancer) -> None:
+    pool = fastest.pool("m")
+    assert pool is not None
+    chosen = []
+    for _ in range(3):
+        route = fastest.pick(pool)
+        assert route is not None
+        fastest.dispatch(route)  # still in flight, no measurement yet
+        chosen.append(route.name)
+    assert sorted(chosen) == ["a", "b", "c"]
+    # a second in flight on a and b: c (one in flight) is least loaded
+    fastest.dispatch(fastest.routes["a"])
+    fastest.dispatch(fastest.routes["b"])
+    assert fastest.pick(pool) is fastest.routes["c"]
+
+
+def test_least_latency_lowest_ewma_wins(fastest: Balancer) -> None:
+    pool = fastest.pool("m")
+    assert pool is not None
+    for name, latency in zip("abc", (0.3, 0.1, 0.2), strict=True):
+        measure(fastest, fastest.routes[name], latency)
+    assert picks(fastest, pool, 5) == ["b"] * 5
+    assert fastest.pick(pool, exclude=[fastest.routes["b"]]) is fastest.routes["c"]
+    eject(fastest, fastest.routes["b"])
+    assert fastest.pick(pool) is fastest.routes["c"]
+
+
+def test_least_latency_stream_uses_ttft(fastest: Balancer) -> None:
+    pool = fastest.pool("m")
+    assert pool is not None
+    measure(fastest, fastest.routes["a"], latency=0.1, ttft=0.9)
+    measure(fastest, fastest.routes["b"], latency=0.9, ttft=0.1)
+    measure(fastest, fastest.routes["c"], latency=0.5, ttft=0.5)
+    assert fastest.pick(pool, stream=False) is fastest.routes["a"]
+    assert fastest.pick(pool, stream=True) is fastest.routes["b"]
+
+
+def test_least_latency_stream_route_without_ttft_counts_as_cold(fastest: Balancer) -> None:
+    pool = fastest.pool("m")
+    assert pool is not None
+    measure(fastest, fastest.routes["a"], latency=0.1, ttft=0.1)
+    measure(fastest, fastest.routes["b"], latency=0.1, ttft=0.2)
+    measure(fastest, fastest.routes["c"], latency=0.5)  # never streamed
+    assert fastest.pick(pool, stream=True) is fastest.routes["c"]
+    assert fastest.pick(pool, stream=False) in (fastest.routes["a"], fastest.routes["b"])
+
+
+def test_least_latency_reprobes_a_stale_route_once_per_interval(
+    make_balancer: MakeBalancer, clock: FakeClock
+) -> None:
+    balancer = make_balancer("a", "b", policy="least_latency")  # reprobe_interval 10
+    pool = balancer.pool("m")
+    assert pool is not None
+    a, b = balancer.routes["a"], balancer.routes["b"]
+    measure(balancer, a, 0.1)
+    measure(balancer, b, 0.5)
+    names = []
+    for _ in range(30):  # t = 1 .. 30, a's measurements stay fresh, b's probe never answers
+        clock.advance(1.0)
+        route = balancer.pick(pool)
+        assert route is not None
+        names.append(route.name)
+        if route is a:
+            measure(balancer, a, 0.1)
+        else:
+            balancer.dispatch(b)  # the probe is in flight, no sample
+            balancer.finished(b, clock())
+    # b's last sample is at 0: probed once when 10 s had passed (t=11), then at t=22
+    assert [t for t, name in enumerate(names, start=1) if name == "b"] == [11, 22]
+
+
+def test_least_latency_route_that_became_faster_wins_the_traffic_back(
+    make_balancer: MakeBalancer, clock: FakeClock
+) -> None:
+    balancer = make_balancer("a", "b", policy="least_latency")  # alpha 0.3, reprobe 10 s
+    pool = balancer.pool("m")
+    assert pool is not None
+    a, b = balancer.routes["a"], balancer.routes["b"]
+    measure(balancer, a, 0.1)
+    measure(balancer, b, 1.0)  # b was slow...
+    latency = {"a": 0.1, "b": 0.01}  # ...and is now much faster than a
+    names = []
+    for _ in range(200):
+        clock.advance(1.0)
+        route = balancer.pick(pool)
+        assert route is not None
+        names.append(route.name)
+        measure(balancer, route, latency[route.name])
+    assert names[:10] == ["a"] * 10  # b is not tried before its measurement is stale
+    assert b.latency_ewma is not None and a.latency_ewma is not None
+    assert b.latency_ewma < a.latency_ewma
+    # b has the traffic; a only gets its periodic re-probe
+    tail = Counter(names[-100:])
+    assert tail["b"] >= 88
+    assert 1 <= tail["a"] <= 12
