@@ -21,7 +21,7 @@ llm:
 
 
 def test_unknown_provider_lists_the_known_ones():
-    with pytest.raises(UnknownProviderError, match="'openai_magic'.*known providers: vllm_openai"):
+    with pytest.raises(UnknownProviderError, match=r"'openai_magic'.*known providers: vllm_openai"):
         LLMFactory.create_provider("openai_magic", config={"llm": {"routes": {}}})
 
 
@@ -63,5 +63,5 @@ def test_env_overrides_point_the_default_route_at_another_server(
 def test_missing_config_file_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("LLM_CONFIG", raising=False)
-    with pytest.raises(ConfigError, match="config.yaml"):
+    with pytest.raises(ConfigError, match=r"config\.yaml"):
         LLMFactory.create_provider("vllm_openai")
