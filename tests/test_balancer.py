@@ -132,10 +132,11 @@ def test_dispatch_returns_the_clock_time(make_balancer: MakeBalancer, clock: Fak
 
 
 def test_ewma_with_alpha(make_balancer: MakeBalancer, clock: FakeClock) -> None:
-    balancer = make_balancer("a", health=HealthConfig(ewma_alpha=0.5))
+    balancer = make_balancer("a", health=HealthConfig(ewma_alpha=0.25))
     route = balancer.routes["a"]
     assert route.latency_ewma is None and route.ttft_ewma is None
-    for latency, expected in [(1.0, 1.0), (2.0, 1.5), (4.0, 2.75), (0.0, 1.375)]:
+    # the first sample is taken as is, then new = old + alpha * (sample - old)
+    for latency, expected in [(1.0, 1.0), (2.0, 1.25), (4.0, 1.9375), (0.0, 1.453125)]:
         clock.advance(1.0)
         balancer.succeeded(route, balancer.dispatch(route), latency=latency)
         assert route.latency_ewma == pytest.approx(expected)
@@ -143,8 +144,8 @@ def test_ewma_with_alpha(make_balancer: MakeBalancer, clock: FakeClock) -> None:
     assert route.ttft_ewma is None  # latency samples do not touch ttft
     balancer.succeeded(route, balancer.dispatch(route), latency=None, ttft=0.2)
     balancer.succeeded(route, balancer.dispatch(route), latency=None, ttft=0.4)
-    assert route.ttft_ewma == pytest.approx(0.3)
-    assert route.latency_ewma == pytest.approx(1.375)
+    assert route.ttft_ewma == pytest.approx(0.25)
+    assert route.latency_ewma == pytest.approx(1.453125)
 
 
 def test_success_without_a_sample_does_not_refresh_last_sample_at(
@@ -216,14 +217,23 @@ def test_force_returns_the_route_ready_first(make_balancer: MakeBalancer, clock:
     balancer.failed(c, balancer.dispatch(c), "down")  # ready at <= 7
     assert balancer.force([a, b, c]) is a
     assert balancer.force([c, b]) is b
-    # a Retry-After beyond the (capped) cooldown pushes a behind the others
-    clock.advance(5.0)
-    balancer.failed(a, balancer.dispatch(a), "429", retry_after=50.0)
-    assert a.health.ejected_until - clock.now <= 8.0
-    assert a.retry_after_until == clock.now + 50.0
-    assert balancer.force([a, b, c]) is b
-    assert balancer.force([a]) is a
     assert balancer.force([]) is None
+
+
+def test_force_honours_retry_after_beyond_the_cooldown(
+    make_balancer: MakeBalancer, clock: FakeClock
+) -> None:
+    balancer = make_balancer("a", "b", health=HealthConfig(cooldown=5, max_cooldown=8))
+    a, b = balancer.routes["a"], balancer.routes["b"]
+    balancer.failed(a, balancer.dispatch(a), "429", retry_after=50.0)
+    assert a.health.ejected_until == pytest.approx(8.0)  # the hint, capped at max_cooldown
+    assert a.retry_after_until == 50.0
+    clock.advance(5.0)
+    balancer.failed(b, balancer.dispatch(b), "down")
+    assert a.health.ejected_until < b.health.ejected_until <= 10.0
+    # a's cooldown ends first, but its Retry-After is honoured: b is ready first
+    assert balancer.force([a, b]) is b
+    assert balancer.force([a]) is a
 
 
 # -- stats -------------------------------------------------------------------------------
