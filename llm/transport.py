@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
 from .call import CallSpec
+from .engine import AsyncEngine, AsyncStream, Reply, SyncEngine, SyncStream
 from .errors import AllRoutesFailedError, APIStatusError, LLMError, NoRouteError
 
-if TYPE_CHECKING:
-    from .engine import AsyncEngine, AsyncStream, SyncEngine, SyncStream
+
 
 __all__ = ["AsyncRoutingTransport", "RoutesUnavailableError", "RoutingTransport"]
 
@@ -103,6 +103,25 @@ def _error_response(request: httpx.Request, error: LLMError) -> httpx.Response:
     return response
 
 
+def _routed(
+    request: httpx.Request,
+    answer: Reply | SyncStream | AsyncStream,
+    body: httpx.SyncByteStream | httpx.AsyncByteStream | None = None,
+) -> httpx.Response:
+    """The response handed to the client for an answer (or an open stream with its body)."""
+    headers = _headers_of(answer.headers)
+    if body is None:
+        assert isinstance(answer, Reply)
+        response = httpx.Response(
+            answer.status_code, headers=headers, content=answer.content, request=request
+        )
+    else:
+        response = httpx.Response(answer.status_code, headers=headers, stream=body, request=request)
+    response.extensions["llm_route"] = answer.route
+    response.extensions["llm_attempts"] = answer.attempts
+    return response
+
+
 class RoutingTransport(httpx.BaseTransport):
     def __init__(self, engine: SyncEngine) -> None:
         self._engine = engine
@@ -112,27 +131,10 @@ class RoutingTransport(httpx.BaseTransport):
         try:
             if spec.stream:
                 stream = self._engine.open_stream(spec)
-                response = httpx.Response(
-                    stream.status_code,
-                    headers=_headers_of(stream.headers),
-                    stream=_SyncStreamBody(stream),
-                    request=request,
-                )
-                response.extensions["llm_route"] = stream.route
-                response.extensions["llm_attempts"] = stream.attempts
-                return response
-            reply = self._engine.request(spec)
+                return _routed(request, stream, _SyncStreamBody(stream))
+            return _routed(request, self._engine.request(spec))
         except LLMError as error:
             return _error_response(request, error)
-        response = httpx.Response(
-            reply.status_code,
-            headers=_headers_of(reply.headers),
-            content=reply.content,
-            request=request,
-        )
-        response.extensions["llm_route"] = reply.route
-        response.extensions["llm_attempts"] = reply.attempts
-        return response
 
     def close(self) -> None:
         """Nothing to do: the provider owns the connections (close the provider instead)."""
@@ -147,27 +149,10 @@ class AsyncRoutingTransport(httpx.AsyncBaseTransport):
         try:
             if spec.stream:
                 stream = await self._engine.open_stream(spec)
-                response = httpx.Response(
-                    stream.status_code,
-                    headers=_headers_of(stream.headers),
-                    stream=_AsyncStreamBody(stream),
-                    request=request,
-                )
-                response.extensions["llm_route"] = stream.route
-                response.extensions["llm_attempts"] = stream.attempts
-                return response
-            reply = await self._engine.request(spec)
+                return _routed(request, stream, _AsyncStreamBody(stream))
+            return _routed(request, await self._engine.request(spec))
         except LLMError as error:
             return _error_response(request, error)
-        response = httpx.Response(
-            reply.status_code,
-            headers=_headers_of(reply.headers),
-            content=reply.content,
-            request=request,
-        )
-        response.extensions["llm_route"] = reply.route
-        response.extensions["llm_attempts"] = reply.attempts
-        return response
 
     async def aclose(self) -> None:
         """Nothing to do: the provider owns the connections (close the provider instead)."""

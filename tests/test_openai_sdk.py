@@ -37,14 +37,19 @@ def provider_for(servers: dict[str, FakeVLLM]) -> VLLMOpenAIProvider:
     return LLMFactory.create_provider("vllm_openai", config=config)
 
 
+def sdk_client(provider: VLLMOpenAIProvider) -> openai.OpenAI:
+    """The README's recipe."""
+    return openai.OpenAI(
+        base_url="http://llm-routes/v1",
+        api_key="unused",
+        http_client=provider.http_client(),
+        max_retries=0,
+    )
+
+
 def test_openai_client_is_balanced_and_each_route_gets_its_own_key(servers):
     with provider_for(servers) as provider:
-        client = openai.OpenAI(
-            base_url="http://llm-routes/v1",
-            api_key="unused",
-            http_client=provider.http_client(),
-            max_retries=0,
-        )
+        client = sdk_client(provider)
         answers = [
             client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8)
             for _ in range(4)
@@ -60,27 +65,16 @@ def test_openai_client_is_balanced_and_each_route_gets_its_own_key(servers):
 def test_openai_client_fails_over_and_streams(servers):
     servers["a"].down()
     with provider_for(servers) as provider:
-        client = openai.OpenAI(
-            base_url="http://llm-routes/v1",
-            api_key="unused",
-            http_client=provider.http_client(),
-            max_retries=0,
-        )
+        client = sdk_client(provider)
         answer = client.chat.completions.create(model="tiny", messages=MESSAGES)
-        chunks = list(client.chat.completions.create(model="tiny", messages=MESSAGES,
-                                                     stream=True))
+        chunks = list(client.chat.completions.create(model="tiny", messages=MESSAGES, stream=True))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == answer.choices[0].message.content
 
 
 def test_openai_client_sees_status_errors_as_its_own(servers):
     with provider_for(servers) as provider:
-        client = openai.OpenAI(
-            base_url="http://llm-routes/v1",
-            api_key="unused",
-            http_client=provider.http_client(),
-            max_retries=0,
-        )
+        client = sdk_client(provider)
         with pytest.raises(openai.BadRequestError, match="max_model_len"):
             client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=4096)
         with pytest.raises(openai.NotFoundError, match="no route serves model"):
@@ -96,8 +90,7 @@ async def test_async_openai_client(servers):
             max_retries=0,
         )
         answer = await client.chat.completions.create(model="tiny", messages=MESSAGES)
-        stream = await client.chat.completions.create(model="tiny", messages=MESSAGES,
-                                                      stream=True)
+        stream = await client.chat.completions.create(model="tiny", messages=MESSAGES, stream=True)
         text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
         await client.close()
     assert text == answer.choices[0].message.content
