@@ -28,8 +28,6 @@ from .call import CallSpec
 from .engine import AsyncEngine, AsyncStream, Reply, SyncEngine, SyncStream
 from .errors import AllRoutesFailedError, APIStatusError, LLMError, NoRouteError
 
-
-
 __all__ = ["AsyncRoutingTransport", "RoutesUnavailableError", "RoutingTransport"]
 
 _HOP_HEADERS = frozenset({"content-length", "transfer-encoding", "content-encoding", "connection"})
