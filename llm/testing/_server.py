@@ -146,7 +146,7 @@ class _Core:
                 parsed = json.loads(req.body)
             except ValueError:
                 bad_json = True
-        rec = RecordedRequest(method, req.target, req.headers, parsed, req.body, time.time())
+        rec = RecordedRequest(method, path, req.headers, parsed, req.body, time.time())
         owner = self.owner
         is_v1_post = method == "POST" and path in _V1_POST
         with self.lock:
