@@ -160,7 +160,7 @@ async def test_async_instance_killed_mid_run_costs_zero_failed_calls(trio):
         await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(32))), timeout=60)
         stats = provider.stats()
     assert failures == [] and done == 400
-    assert stats["b"]["state"] == "ejected"
+    assert stats["b"]["ejections"] >= 1 and stats["b"]["state"] != "healthy"
     assert stats["a"]["in_flight"] == stats["b"]["in_flight"] == stats["c"]["in_flight"] == 0
 
 
@@ -177,7 +177,7 @@ def test_sync_instance_killed_mid_run_costs_zero_failed_calls(trio):
             routes = Counter(pool.map(call, range(200), timeout=60))
         stats = provider.stats()
     assert sum(routes.values()) == 200
-    assert stats["b"]["state"] == "ejected"
+    assert stats["b"]["ejections"] >= 1 and stats["b"]["state"] != "healthy"
     assert all(s["in_flight"] == 0 for s in stats.values())
 
 

@@ -36,6 +36,7 @@ import json
 import random
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
@@ -113,6 +114,8 @@ class _Core:
         self.spec = owner._spec
         self.lock = owner._lock
         self.conns: set[HttpConnection] = set()
+        self.accepting = True
+        self.every: weakref.WeakSet[HttpConnection] = weakref.WeakSet()
         self.ids = random.Random()
         self.running = 0
         self.success = 0
@@ -123,7 +126,22 @@ class _Core:
 
     # -------------------------------------------------------------- connections
 
+    def track(self, conn: HttpConnection) -> HttpConnection:
+        self.every.add(conn)
+        return conn
+
+    def abort_every(self) -> None:
+        """Abort every connection ever made that is still open (the last word at shutdown)."""
+        for conn in list(self.every):
+            transport = conn.transport
+            if transport is not None and not transport.is_closing():
+                conn.abort()
+
     def connection_opened(self, conn: HttpConnection) -> None:
+        if not self.accepting:
+            # Accepted by the kernel just before down(): drop it like a dead host would.
+            conn.abort()
+            return
         self.conns.add(conn)
         with self.lock:
             self.owner._connections_accepted += 1
@@ -609,6 +627,13 @@ class FakeVLLM:
                     t.cancel()
                 if tasks:
                     loop.run_until_complete(asyncio.wait(tasks, timeout=1.0))
+                # Run what is still scheduled (connection_made of late accepts, which abort
+                # themselves once not accepting), abort whatever is still open, and let the
+                # aborted transports close their sockets.
+                loop.run_until_complete(asyncio.sleep(0.01))
+                if self._core is not None:
+                    self._core.abort_every()
+                loop.run_until_complete(asyncio.sleep(0.01))
                 loop.run_until_complete(loop.shutdown_asyncgens())
             finally:
                 asyncio.set_event_loop(None)
@@ -618,8 +643,9 @@ class FakeVLLM:
         loop = asyncio.get_running_loop()
         core = self._core
         assert core is not None
+        core.accepting = True
         server = await loop.create_server(
-            lambda: HttpConnection(core, loop, self._keep_alive_timeout),
+            lambda: core.track(HttpConnection(core, loop, self._keep_alive_timeout)),
             self.host,
             self.port,
             reuse_address=True,
@@ -634,14 +660,17 @@ class FakeVLLM:
             server.close()
         core = self._core
         if core is not None:
+            core.accepting = False
             for conn in list(core.conns):
                 conn.abort()
                 task = conn.task
                 if task is not None:
                     task.cancel()
-        # let connection_lost callbacks and cancellations run
+        # Let connection_lost callbacks, cancellations and accepts already in progress (whose
+        # connections are then aborted by connection_opened) run before going on.
         for _ in range(3):
             await asyncio.sleep(0)
+        await asyncio.sleep(0.02)
         if server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
