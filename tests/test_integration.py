@@ -246,8 +246,8 @@ def test_streams_fail_over_before_the_first_token(trio):
     with provider_for(trio) as provider:
         texts = ["".join(provider.stream(MESSAGES)) for _ in range(6)]
         stats = provider.stats()
-    reference = FakeVLLM  # same request, same deterministic text on every server
-    assert reference and len(set(texts)) == 1 and texts[0]
+    # Every server answers the same request with the same text: one distinct, non-empty answer.
+    assert len(set(texts)) == 1 and texts[0]
     assert stats["a"]["state"] == stats["b"]["state"] == "ejected"
     assert stats["c"]["successes"] == 6
 
