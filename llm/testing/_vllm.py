@@ -35,6 +35,17 @@ JSON = "application/json"
 # --------------------------------------------------------------------------- json helpers
 
 
+def _final_usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    """The usage block of a non-streamed answer, keys in vLLM's order."""
+    return {
+        "prompt_tokens": prompt_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "completion_tokens": completion_tokens,
+        "prompt_tokens_details": None,
+        "completion_tokens_details": None,
+    }
+
+
 def dumps(obj: Any) -> str:
     """Compact JSON exactly like Starlette's JSONResponse / pydantic's model_dump_json."""
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
@@ -650,13 +661,7 @@ def render_chat(plan: Plan, spec: ServerSpec, rid: str, created: int, tool_id: s
             "choices": choices,
             "service_tier": None,
             "system_fingerprint": SYSTEM_FINGERPRINT,
-            "usage": {
-                "prompt_tokens": plan.prompt_tokens,
-                "total_tokens": plan.prompt_tokens + ct,
-                "completion_tokens": ct,
-                "prompt_tokens_details": None,
-                "completion_tokens_details": None,
-            },
+            "usage": _final_usage(plan.prompt_tokens, ct),
             "prompt_logprobs": None,
             "prompt_token_ids": None,
             "prompt_text": None,
@@ -692,13 +697,7 @@ def render_completion(plan: Plan, spec: ServerSpec, rid: str, created: int) -> b
             "choices": choices,
             "service_tier": None,
             "system_fingerprint": SYSTEM_FINGERPRINT,
-            "usage": {
-                "prompt_tokens": plan.prompt_tokens,
-                "total_tokens": plan.prompt_tokens + ct,
-                "completion_tokens": ct,
-                "prompt_tokens_details": None,
-                "completion_tokens_details": None,
-            },
+            "usage": _final_usage(plan.prompt_tokens, ct),
             "kv_transfer_params": None,
             "ec_transfer_params": None,
             "metrics": None,
