@@ -103,7 +103,8 @@ class StreamEvent:
     - ``tool_call``: ``tool_call`` is the fragment as sent (``index``, maybe ``id`` and
       ``function.name``, a piece of ``function.arguments``).
     - ``usage``: ``usage`` is the token counts (``stream_options.include_usage``).
-    - ``end``: the last event: ``finish_reason``, ``usage``, the joined ``tool_calls``, ``route``.
+    - ``end``: the last event: ``finish_reason``, ``usage``, the joined ``tool_calls``, the
+      ``route`` that answered and the ``attempts`` made (failed ones first).
     """
 
     kind: EventKind
@@ -114,6 +115,7 @@ class StreamEvent:
     finish_reason: str | None = None
     route: str | None = None
     index: int = 0
+    attempts: tuple[Attempt, ...] = ()
 
 
 class StreamAccumulator:
@@ -170,11 +172,12 @@ class StreamAccumulator:
     def tool_calls(self) -> list[dict[str, Any]]:
         return [self._tool_calls[i] for i in sorted(self._tool_calls)]
 
-    def end(self, route: str) -> StreamEvent:
+    def end(self, route: str, attempts: tuple[Attempt, ...] = ()) -> StreamEvent:
         return StreamEvent(
             "end",
             tool_calls=self.tool_calls,
             usage=self.usage,
             finish_reason=self.finish_reason,
             route=route,
+            attempts=attempts,
         )

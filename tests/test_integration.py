@@ -264,6 +264,27 @@ async def test_async_streams_fail_over_before_the_first_token(trio):
     assert stats["c"]["successes"] == 6
 
 
+def test_stream_end_event_names_the_route_and_the_attempts(trio):
+    trio["a"].cut_streams_after(0)
+    with provider_for(trio) as provider:
+        end = list(provider.stream_events(MESSAGES))[-1]
+    assert end.kind == "end" and end.route == "b"
+    assert [a.route for a in end.attempts] == ["a", "b"]
+    assert end.attempts[0].outcome != "ok" and end.attempts[1].outcome == "ok"
+
+
+async def test_async_stream_end_event_names_the_route_and_the_attempts(trio):
+    trio["a"].fail_next(1, status=503)
+    async with provider_for(trio) as provider:
+        events = [event async for event in provider.astream_events(MESSAGES)]
+    end = events[-1]
+    assert end.kind == "end" and end.route == "b"
+    assert [(a.route, a.outcome, a.status_code) for a in end.attempts] == [
+        ("a", "status", 503),
+        ("b", "ok", None),
+    ]
+
+
 def test_stream_cut_after_the_first_token_raises_and_counts(trio):
     trio["a"].cut_streams_after(3)
     with provider_for(trio) as provider:

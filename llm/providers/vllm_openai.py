@@ -177,7 +177,7 @@ class VLLMOpenAIProvider:
                 yield from accumulator.events(chunk)
         finally:
             stream.close()
-        yield accumulator.end(stream.route)
+        yield accumulator.end(stream.route, tuple(stream.attempts))
 
     def complete(self, prompt: str | list[Any], **options: Any) -> CompletionResult:
         """A text completion (/v1/completions)."""
@@ -272,7 +272,7 @@ class VLLMOpenAIProvider:
         finally:
             await chunks.aclose()
             await stream.aclose()
-        yield accumulator.end(stream.route)
+        yield accumulator.end(stream.route, tuple(stream.attempts))
 
     async def acomplete(self, prompt: str | list[Any], **options: Any) -> CompletionResult:
         reply = await self._aengine.request(self._completion_spec(prompt, options, stream=False))
