@@ -206,6 +206,15 @@ class _Core:
         return None
 
     def _get(self, conn: HttpConnection, path: str, is_head: bool) -> None:
+        with self.lock:
+            override = self.owner._get_overrides.get(path)
+        if override is not None:  # set by FakeVLLM.answer_get()
+            status, payload, override_ctype = override
+            if is_head:
+                conn.send_raw(conn.head(status, override_ctype, len(payload)).encode("latin-1"))
+            else:
+                conn.send(status, payload, override_ctype)
+            return
         ctype: str | None = _JSON
         if path in ("/health", "/ping"):
             body, ctype = b"", None
@@ -748,6 +757,7 @@ class FakeVLLM:
         self._cut_after: int | None = None
         self._hang_after: int | None = None
         self._garbage: str | None = None
+        self._get_overrides: dict[str, tuple[int, bytes, str | None]] = {}
         self._latency = self._base_latency
         self._token_delay = self._base_token_delay
 
@@ -802,6 +812,25 @@ class FakeVLLM:
             raise ValueError(f"unknown garbage kind {kind!r}; one of {sorted(GARBAGE_KINDS)}")
         with self._lock:
             self._garbage = kind
+
+    def answer_get(
+        self,
+        path: str,
+        status: int | None,
+        body: bytes = b"",
+        content_type: str | None = None,
+    ) -> None:
+        """GET ``path`` (``/health``, ``/v1/models``, ``/version``, ...) answers ``status`` with
+        ``body`` instead of the real answer, e.g. ``answer_get("/health", 503)`` (a dead engine)
+        or ``answer_get("/v1/models", 200, b"<html>...", "text/html")``; ``status=None`` (or
+        :meth:`reset`) restores the real answer. The API-key check still comes first."""
+        if path not in _GET_ROUTES:
+            raise ValueError(f"answer_get: {path!r} is not one of {sorted(_GET_ROUTES)}")
+        with self._lock:
+            if status is None:
+                self._get_overrides.pop(path, None)
+            else:
+                self._get_overrides[path] = (int(status), bytes(body), content_type)
 
     def set_latency(self, seconds: float) -> None:
         with self._lock:
