@@ -238,10 +238,11 @@ def run_sync(
     """The sync twin of :func:`run_async`: C threads share one provider."""
     numbers = iter(range(settings.requests))
     lock = threading.Lock()
+    stop = threading.Event()
     records: list[CallRecord] = []
 
     def worker() -> None:
-        while True:
+        while not stop.is_set():
             with lock:
                 number = next(numbers, None)
             if number is None:
@@ -256,8 +257,12 @@ def run_sync(
 
     workers = max(1, min(settings.concurrency, settings.requests))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llm-bench") as pool:
-        for future in [pool.submit(worker) for _ in range(workers)]:
-            future.result()
+        try:
+            for future in [pool.submit(worker) for _ in range(workers)]:
+                future.result()
+        except BaseException:  # Ctrl-C: no new calls; the pool waits for those in flight
+            stop.set()
+            raise
     return records
 
 
@@ -541,6 +546,9 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as error:
             print(f"bench_vllm: {error}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            print("\nbench_vllm: interrupted", file=sys.stderr)
+            return 130
         text = json.dumps(report, indent=2)
         if json_out is not None:
             json_out.write(text + "\n")

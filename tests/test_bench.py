@@ -6,8 +6,10 @@ import argparse
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -336,3 +338,27 @@ def test_bench_bad_json_out_path_fails_before_running(tmp_path):
                  env={"VLLM_BASE": "http://127.0.0.1:9/v1", "VLLM_MODEL": "m"})
     assert done.returncode == 2
     assert "r.json" in done.stderr and done.stdout == ""
+
+
+@pytest.mark.parametrize("api", ["async", "sync"])
+def test_bench_stops_cleanly_on_ctrl_c(api):
+    with FakeVLLM("tiny", latency=0.05) as server:
+        process = subprocess.Popen(
+            [sys.executable, SCRIPT, "--requests", "100000", "--concurrency", "4", "--api", api],
+            env={**os.environ, "VLLM_BASE": server.base_url, "VLLM_MODEL": "tiny"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 20
+        while server.request_count < 8:  # it is running
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        try:
+            out, err = process.communicate(timeout=10)
+        finally:
+            process.kill()
+    assert process.returncode == 130
+    assert "interrupted" in err and "Traceback" not in err
+    assert out == ""
