@@ -254,6 +254,16 @@ def test_bench_through_a_config_with_a_dead_route(fleet, tmp_path, api):
     assert done.stderr == ""  # no progress bar when stderr is not a terminal
     report = json.loads(done.stdout)
     assert json.loads(out.read_text()) == report
+    assert set(report) == {
+        "benchmark_config", "summary", "latency_ms", "ttft_ms", "tokens", "routes", "retries",
+        "errors",
+    }
+    assert set(report["summary"]) == {
+        "total_requests", "successful_requests", "failed_requests", "success_rate",
+        "total_time_seconds", "requests_per_second", "successful_rps",
+    }
+    assert set(report["latency_ms"]) == {"min", "max", "mean", "median", "p95", "p99"}
+    assert report["ttft_ms"] is None and report["errors"] == {}
 
     assert report["benchmark_config"]["num_requests"] == 60
     assert report["benchmark_config"]["concurrency"] == 8
