@@ -38,7 +38,7 @@ from .checks import check_route
 from .config import LLMConfig, RouteConfig, load_config, parse_config
 from .errors import AllRoutesFailedError, Attempt, ConfigError, LLMError, RouteError
 from .providers.vllm_openai import VLLMOpenAIProvider
-from .results import StreamEvent
+from .results import ChatResult, StreamEvent
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"  # vLLM's default port
 DEFAULT_PROMPT = "Write a short poem about load balancing."
@@ -134,6 +134,13 @@ def _failed(error: BaseException, started: float) -> CallRecord:
     )
 
 
+def _answered(result: ChatResult, started: float) -> CallRecord:
+    # Wall time as the caller saw it: every attempt, backoff included.
+    latency = time.perf_counter() - started
+    tokens = _tokens(result.usage)
+    return CallRecord(result.route, latency, result.attempts, completion_tokens=tokens)
+
+
 def _tokens(usage: Mapping[str, Any] | None) -> int | None:
     value = usage.get("completion_tokens") if usage else None
     return value if isinstance(value, int) else None
@@ -182,9 +189,7 @@ async def _one_async(
         result = await provider.achat_completion(messages, max_tokens=settings.max_tokens)
     except Exception as error:  # noqa: BLE001 - a benchmark counts failures, it does not stop
         return _failed(error, started)
-    return CallRecord(
-        result.route, result.latency_s, result.attempts, completion_tokens=_tokens(result.usage)
-    )
+    return _answered(result, started)
 
 
 def _one_sync(provider: VLLMOpenAIProvider, settings: BenchSettings, number: int) -> CallRecord:
@@ -199,9 +204,7 @@ def _one_sync(provider: VLLMOpenAIProvider, settings: BenchSettings, number: int
         result = provider.chat_completion(messages, max_tokens=settings.max_tokens)
     except Exception as error:  # noqa: BLE001 - a benchmark counts failures, it does not stop
         return _failed(error, started)
-    return CallRecord(
-        result.route, result.latency_s, result.attempts, completion_tokens=_tokens(result.usage)
-    )
+    return _answered(result, started)
 
 
 async def run_async(
