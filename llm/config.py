@@ -58,6 +58,7 @@ KNOWN_POLICIES: tuple[str, ...] = ("round_robin", "least_latency")
 DEFAULT_PATH = "config.yaml"
 DEFAULT_PROVIDER = "vllm_openai"
 DEFAULT_TIMEOUT = 60.0
+DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 
 
 # --------------------------------------------------------------------------- dataclasses
@@ -144,6 +145,7 @@ class LLMConfig:
     timeout: float = DEFAULT_TIMEOUT
     connect_timeout: float = 10.0
     deadline: float = 2 * DEFAULT_TIMEOUT
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     retry: RetryConfig = field(default_factory=RetryConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     source: str | None = None
@@ -165,6 +167,7 @@ class LLMConfig:
                 self.timeout,
                 self.connect_timeout,
                 self.deadline,
+                self.max_response_bytes,
                 self.retry,
                 self.health,
                 self.source,
@@ -216,7 +219,7 @@ _ROUTE_KEYS = (
 )
 _RETRY_KEYS = ("backoff_initial", "backoff_max", "retry_after_max")
 _HEALTH_KEYS = ("check_interval", "cooldown", "ewma_alpha", "max_cooldown", "reprobe_interval")
-_CONTROL_KEYS = ("connect_timeout", "deadline", "max_retries", "timeout")
+_CONTROL_KEYS = ("connect_timeout", "deadline", "max_response_bytes", "max_retries", "timeout")
 _BODY_KEYS = (
     "temperature",
     "top_p",
@@ -841,6 +844,11 @@ def _build(raw: Mapping[Any, Any], source: str | None) -> LLMConfig:
     max_retries = _integer(
         _join(params_path, "max_retries"), params_raw.get("max_retries", 3), minimum=0
     )
+    max_response_bytes = _integer(
+        _join(params_path, "max_response_bytes"),
+        params_raw.get("max_response_bytes", DEFAULT_MAX_RESPONSE_BYTES),
+        minimum=1024,
+    )
 
     routes = _routes(_join(path, "routes"), raw.get("routes", _MISSING), timeout)
     default_route = next(iter(routes))
@@ -869,6 +877,7 @@ def _build(raw: Mapping[Any, Any], source: str | None) -> LLMConfig:
         timeout=timeout,
         connect_timeout=connect_timeout,
         deadline=deadline,
+        max_response_bytes=max_response_bytes,
         retry=_retry(_join(path, "retry"), raw.get("retry"), max_retries),
         health=_health(_join(path, "health"), raw.get("health")),
         source=source,

@@ -162,6 +162,16 @@ def test_deadline_and_connect_timeout_defaults() -> None:
     assert (config.timeout, config.deadline, config.connect_timeout) == (25.0, 30.0, 2.0)
 
 
+def test_max_response_bytes_default_bound_and_not_sent() -> None:
+    assert parse_config(params(), environ={}).max_response_bytes == 32 * 1024 * 1024
+    config = parse_config(params(max_response_bytes=4096), environ={})
+    assert config.max_response_bytes == 4096 and "max_response_bytes" not in config.params
+    with pytest.raises(ConfigError) as caught:
+        parse_config(params(max_response_bytes=100), environ={})
+    assert caught.value.key_path == "llm.params.max_response_bytes"
+    assert ">= 1024" in str(caught.value)
+
+
 def test_control_keys_leave_params_and_extra_body_is_merged() -> None:
     data = params(
         temperature=0.2,
