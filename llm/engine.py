@@ -47,6 +47,7 @@ from .errors import (
     LLMError,
     NoRouteError,
     RouteError,
+    RouteTimeoutError,
     StreamInterruptedError,
 )
 from .outcomes import (
@@ -60,7 +61,7 @@ from .outcomes import (
 from .routing.balancer import Balancer
 from .routing.plan import CallPlan
 from .routing.state import RouteState
-from .sse import SSEDecoder
+from .sse import OversizedEventError, SSEDecoder
 
 _LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=256, keepalive_expiry=4.0)
 # keepalive_expiry stays under uvicorn's 5 s keep-alive (vLLM's server) so that we never reuse
@@ -100,6 +101,7 @@ class EngineBase:
         self.rng = rng or balancer.rng
         self._urls: dict[tuple[str, str], httpx.URL] = {}
         self._headers: dict[str, list[tuple[bytes, bytes]]] = {}
+        self.max_response_bytes = config.max_response_bytes
 
     # -- planning ------------------------------------------------------------------------
 
@@ -205,7 +207,8 @@ class EngineBase:
             invalid = InvalidResponseError(f"HTTP {status} with {problem}", route=route.name)
             plan.failed(route, started, invalid, "invalid_response", status_code=status)
             return None
-        error = status_error(route.name, status, content)
+        location = response.headers.get("location") if 300 <= status < 400 else None
+        error = status_error(route.name, status, content, location=location)
         if verdict is Verdict.CALLER_FAULT:
             plan.finished(route, started, error, "status", status)
             error.attempts = tuple(plan.attempts)
@@ -248,6 +251,29 @@ def _decode_answer(content: bytes, expect: str | None) -> tuple[Any, str | None]
             return None, f"an error in the body: {found[0]}"
         return None, f"a JSON object without {expect!r}"
     return data, None
+
+
+def _oversized(route: str, limit: int, what: str = "answer") -> InvalidResponseError:
+    return InvalidResponseError(
+        f"{what} larger than max_response_bytes ({limit} bytes): refused", route=route
+    )
+
+
+def _too_long(route: str, timeout: float, what: str = "answer not complete") -> RouteTimeoutError:
+    return RouteTimeoutError(f"{what} within {timeout:g}s", route=route)
+
+
+def _declared_oversized(response: httpx.Response, limit: int) -> bool:
+    declared = response.headers.get("content-length")
+    return declared is not None and declared.isdigit() and int(declared) > limit
+
+
+def _events_of(decoder: SSEDecoder, chunk: bytes, route: str) -> list[dict[str, Any]]:
+    try:
+        payloads = decoder.feed(chunk)
+    except OversizedEventError as exc:
+        raise _oversized(route, exc.limit, "stream event") from None
+    return [_parse_event(data, route) for data in payloads]
 
 
 def _parse_event(data: bytes, route: str) -> dict[str, Any]:
@@ -304,6 +330,25 @@ class SyncEngine(EngineBase):
         for transport in transports.values():
             transport.close()
 
+    def _read(
+        self, response: httpx.Response, route: str, started: float, timeout: float
+    ) -> bytes:
+        """The whole body, refused past ``max_response_bytes`` or after ``timeout`` in all."""
+        limit = self.max_response_bytes
+        if _declared_oversized(response, limit):
+            raise _oversized(route, limit)
+        clock, deadline = self.clock, started + timeout
+        parts: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise _oversized(route, limit)
+            parts.append(chunk)
+            if clock() > deadline:  # a server trickling bytes never trips the read timeout
+                raise _too_long(route, timeout)
+        return b"".join(parts)
+
     def request(self, spec: CallSpec) -> Reply:
         plan = self.plan(spec)
         body = BodyEncoder(spec)
@@ -315,12 +360,15 @@ class SyncEngine(EngineBase):
             try:
                 response = self.transport_for(route.config).handle_request(request)
                 try:
-                    content = response.read()
+                    content = self._read(response, route.name, started, plan.timeout)
                 finally:
                     response.close()
             except _SYNC_IO_ERRORS as exc:
                 error = transport_error(route.name, exc)
                 plan.failed(route, started, error, outcome_name(error))
+                continue
+            except RouteError as failure:  # from _read
+                plan.failed(route, started, failure, outcome_name(failure))
                 continue
             except BaseException:
                 plan.finished(route, started)
@@ -343,7 +391,7 @@ class SyncEngine(EngineBase):
                 response = self.transport_for(route.config).handle_request(request)
                 if not 200 <= response.status_code < 300:
                     try:
-                        content = response.read()
+                        content = self._read(response, route.name, started, plan.timeout)
                     finally:
                         response.close()
                     self._judge(plan, route, started, response, content, spec)
@@ -357,6 +405,9 @@ class SyncEngine(EngineBase):
             except _SYNC_IO_ERRORS as exc:
                 error = transport_error(route.name, exc)
                 plan.failed(route, started, error, outcome_name(error))
+                continue
+            except (InvalidResponseError, RouteTimeoutError) as failure:  # from _read
+                plan.failed(route, started, failure, outcome_name(failure))
                 continue
             except LLMError:
                 raise
@@ -389,7 +440,7 @@ class SyncStream:
         self._raw = (
             iter((response.content,)) if response.is_stream_consumed else response.iter_raw()
         )
-        self._decoder = SSEDecoder()
+        self._decoder = SSEDecoder(engine.max_response_bytes)
         self._events: list[dict[str, Any]] = []
         self._chunks: list[bytes] = []
         self._reported = False
@@ -402,16 +453,19 @@ class SyncStream:
     def _prime(self) -> bool:
         """Read up to the first event with a payload. False (reported, closed) on failure."""
         decoder = self._decoder
+        clock, timeout = self._engine.clock, self._plan.timeout
         try:
             for chunk in self._raw:
                 self._chunks.append(chunk)
-                events = [_parse_event(data, self.route) for data in decoder.feed(chunk)]
+                events = _events_of(decoder, chunk, self.route)
                 self._events.extend(events)
                 if any(carries_payload(event) for event in events):
-                    self.ttft_s = self._engine.clock() - self._started
+                    self.ttft_s = clock() - self._started
                     return True
                 if decoder.done:
                     return True
+                if clock() - self._started > timeout:  # keep-alive comments, role chunks...
+                    raise _too_long(self.route, timeout, "no first token")
             error: RouteError = StreamInterruptedError(
                 "stream ended before its first token", route=self.route
             )
@@ -450,7 +504,7 @@ class SyncStream:
                     raise StreamInterruptedError(
                         "stream ended without [DONE]", route=route
                     ) from None
-                events = [_parse_event(data, route) for data in decoder.feed(chunk)]
+                events = _events_of(decoder, chunk, route)
                 if self.ttft_s is None and any(carries_payload(e) for e in events):
                     self.ttft_s = self._engine.clock() - self._started
                 yield chunk, events
@@ -559,6 +613,25 @@ class AsyncEngine(EngineBase):
         for transport in transports.values():
             await transport.aclose()
 
+    async def _read(
+        self, response: httpx.Response, route: str, started: float, timeout: float
+    ) -> bytes:
+        """The async twin of ``SyncEngine._read``."""
+        limit = self.max_response_bytes
+        if _declared_oversized(response, limit):
+            raise _oversized(route, limit)
+        clock, deadline = self.clock, started + timeout
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise _oversized(route, limit)
+            parts.append(chunk)
+            if clock() > deadline:
+                raise _too_long(route, timeout)
+        return b"".join(parts)
+
     async def request(self, spec: CallSpec) -> Reply:
         plan = self.plan(spec)
         body = BodyEncoder(spec)
@@ -571,9 +644,12 @@ class AsyncEngine(EngineBase):
                 transport = self.transport_for(route.config)
                 response = await transport.handle_async_request(request)
                 try:
-                    content = await response.aread()
+                    content = await self._read(response, route.name, started, plan.timeout)
                 finally:
                     await response.aclose()
+            except RouteError as failure:  # from _read
+                plan.failed(route, started, failure, outcome_name(failure))
+                continue
             except BaseException as exc:
                 if not isinstance(exc, self._io_errors):
                     plan.finished(route, started)
@@ -600,7 +676,7 @@ class AsyncEngine(EngineBase):
                 response = await transport.handle_async_request(request)
                 if not 200 <= response.status_code < 300:
                     try:
-                        content = await response.aread()
+                        content = await self._read(response, route.name, started, plan.timeout)
                     finally:
                         await response.aclose()
                     self._judge(plan, route, started, response, content, spec)
@@ -611,6 +687,9 @@ class AsyncEngine(EngineBase):
                     invalid = InvalidResponseError(problem, route=route.name)
                     plan.failed(route, started, invalid, "invalid_response")
                     continue
+            except (InvalidResponseError, RouteTimeoutError) as failure:  # from _read
+                plan.failed(route, started, failure, outcome_name(failure))
+                continue
             except LLMError:
                 raise
             except BaseException as exc:
@@ -649,7 +728,7 @@ class AsyncStream:
         self._raw = (
             _replay(response.content) if response.is_stream_consumed else response.aiter_raw()
         )
-        self._decoder = SSEDecoder()
+        self._decoder = SSEDecoder(engine.max_response_bytes)
         self._events: list[dict[str, Any]] = []
         self._chunks: list[bytes] = []
         self._reported = False
@@ -662,16 +741,19 @@ class AsyncStream:
     async def _prime(self) -> bool:
         decoder = self._decoder
         io_errors = self._engine._io_errors
+        clock, timeout = self._engine.clock, self._plan.timeout
         try:
             async for chunk in self._raw:
                 self._chunks.append(chunk)
-                events = [_parse_event(data, self.route) for data in decoder.feed(chunk)]
+                events = _events_of(decoder, chunk, self.route)
                 self._events.extend(events)
                 if any(carries_payload(event) for event in events):
-                    self.ttft_s = self._engine.clock() - self._started
+                    self.ttft_s = clock() - self._started
                     return True
                 if decoder.done:
                     return True
+                if clock() - self._started > timeout:
+                    raise _too_long(self.route, timeout, "no first token")
             error: RouteError = StreamInterruptedError(
                 "stream ended before its first token", route=self.route
             )
@@ -713,7 +795,7 @@ class AsyncStream:
                     raise StreamInterruptedError(
                         "stream ended without [DONE]", route=route
                     ) from None
-                events = [_parse_event(data, route) for data in decoder.feed(chunk)]
+                events = _events_of(decoder, chunk, route)
                 if self.ttft_s is None and any(carries_payload(e) for e in events):
                     self.ttft_s = self._engine.clock() - self._started
                 yield chunk, events

@@ -51,7 +51,10 @@ def verdict_for_status(status: int) -> Verdict:
         return Verdict.MISCONFIGURED
     if 400 <= status < 500:
         return Verdict.CALLER_FAULT
-    # 1xx/3xx: redirects are not followed (credentials stay with their route).
+    if 300 <= status < 400:
+        # Redirects are not followed: credentials stay with their route, and a vLLM server
+        # that redirects is behind a base_url that needs fixing (http -> https, a moved host).
+        return Verdict.MISCONFIGURED
     return Verdict.ROUTE_FAILURE
 
 
@@ -85,8 +88,12 @@ def status_error(
     status: int,
     body: bytes,
     attempts: Sequence[Attempt] = (),
+    location: str | None = None,
 ) -> APIStatusError:
     message, error_type = server_message(body)
+    if 300 <= status < 400:
+        target = _without_credentials(location) if location else "elsewhere"
+        message = f"redirect to {target} not followed (check the route's base_url)"
     text = f"HTTP {status}" + (f": {message}" if message else "")
     return status_error_class(status)(
         text,
@@ -97,6 +104,15 @@ def status_error(
         body=body[:2000].decode("utf-8", "replace"),
         attempts=attempts,
     )
+
+
+def _without_credentials(url: str) -> str:
+    """A URL to show: no user:password@, no query string (either may carry a secret)."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return "an invalid location"
+    return str(parsed.copy_with(userinfo=b"", query=None, fragment=None))
 
 
 def transport_error(route: str, exc: BaseException) -> RouteError:

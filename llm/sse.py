@@ -9,17 +9,28 @@ events.
 
 from __future__ import annotations
 
-__all__ = ["SSEDecoder"]
+__all__ = ["OversizedEventError", "SSEDecoder"]
 
 _DONE = b"[DONE]"
 
 
-class SSEDecoder:
-    __slots__ = ("_buffer", "_skip_lf", "done")
+class OversizedEventError(ValueError):
+    """An event grew past the decoder's ``max_event_bytes`` before it ended."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"an event larger than {limit} bytes")
+
+
+class SSEDecoder:
+    """``max_event_bytes`` bounds what is held for one unfinished event (None: no bound)."""
+
+    __slots__ = ("_buffer", "_max", "_skip_lf", "done")
+
+    def __init__(self, max_event_bytes: int | None = None) -> None:
         self._buffer = b""
         self._skip_lf = False
+        self._max = max_event_bytes
         self.done = False
 
     def feed(self, chunk: bytes) -> list[bytes]:
@@ -55,6 +66,8 @@ class SSEDecoder:
                 return events
             events.append(data)
         self._buffer = buffer[start:] if start else buffer
+        if self._max is not None and len(self._buffer) > self._max:
+            raise OversizedEventError(self._max)
         return events
 
     @property

@@ -77,7 +77,9 @@ HTML_502 = (
         (502, Verdict.ROUTE_FAILURE),
         (503, Verdict.ROUTE_FAILURE),
         (504, Verdict.ROUTE_FAILURE),
-        (302, Verdict.ROUTE_FAILURE),  # redirects are not followed
+        (302, Verdict.MISCONFIGURED),  # redirects are not followed: fix the base_url
+        (307, Verdict.MISCONFIGURED),
+        (101, Verdict.ROUTE_FAILURE),
     ],
 )
 def test_verdict_for_status(status: int, verdict: Verdict) -> None:
@@ -184,6 +186,18 @@ def test_status_error_without_a_message() -> None:
 def test_status_error_redirect_is_the_base_class() -> None:
     error = status_error("r", 302, b"")
     assert type(error) is APIStatusError
+    assert "redirect to elsewhere not followed" in str(error)
+
+
+def test_status_error_redirect_names_the_target_without_credentials() -> None:
+    error = status_error(
+        "r", 307, b"", location="https://user:pw@other.example:8443/v1/chat?token=abc#x"
+    )
+    assert error.status_code == 307 and error.route == "r"
+    assert "https://other.example:8443/v1/chat" in str(error)
+    for secret in ("user", "pw", "token", "abc"):
+        assert secret not in str(error)
+    assert "invalid location" in str(status_error("r", 301, b"", location="http://[::1"))
 
 
 def test_status_error_body_is_truncated() -> None:

@@ -233,3 +233,15 @@ def test_empty_chunk() -> None:
     decoder = SSEDecoder()
     assert decoder.feed(b"") == []
     assert not decoder.pending and not decoder.done
+
+
+def test_an_unfinished_event_past_the_bound_is_refused():
+    from llm.sse import OversizedEventError
+
+    decoder = SSEDecoder(max_event_bytes=16)
+    assert decoder.feed(b"data: 0123456789\n\n") == [b"0123456789"]  # whole events pass
+    assert decoder.feed(b"data: 01234") == []
+    with pytest.raises(OversizedEventError) as caught:
+        decoder.feed(b"56789abcdef")
+    assert caught.value.limit == 16
+    assert SSEDecoder().feed(b"data: " + b"x" * 100_000) == []  # no bound by default
