@@ -16,7 +16,9 @@ from typing import Any
 
 from .config import RouteConfig
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# allow_nan=False: NaN and Infinity are not JSON (RFC 8259); a server that parses them anyway
+# would sample with them. The engine turns the ValueError into an InvalidRequestError.
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 
 @dataclass(slots=True)

@@ -305,9 +305,9 @@ def _describe(value: object, *, secret: bool = False) -> str:
             return "an integer" if isinstance(value, int) else "a number"
         return repr(value)
     if isinstance(value, Mapping):
-        return "a mapping"
+        return "a mapping" if value else "an empty mapping"
     if isinstance(value, (list, tuple)):
-        return "a list"
+        return "a list" if value else "an empty list"
     return f"a {type(value).__name__}"
 
 
@@ -485,11 +485,10 @@ def _url(path: str, value: object) -> str:
     expected = "an http:// or https:// URL with a host"
     text = _string(path, value).strip()
     if "://" not in text:
-        _fail(
-            path,
-            f"expected {expected}, found {_describe(_redact_url(text))} "
-            f"(no scheme; did you mean 'http://{_redact_url(text)}'?)",
-        )
+        shown = _redact_url(text)
+        # Suggest a scheme only where adding one could give a URL (not for 'not a url').
+        hint = "" if any(c.isspace() for c in text) else f"; did you mean 'http://{shown}'?"
+        _fail(path, f"expected {expected}, found {_describe(shown)} (no scheme{hint})")
     parts = urlsplit(text)
     if parts.scheme.lower() not in ("http", "https"):
         _expected(path, expected, _redact_url(text))

@@ -8,7 +8,11 @@ health the async path uses, and the other way round.
 
 Call keywords that steer the call rather than the body: ``route``, ``model``, ``deadline``
 (seconds for all attempts), ``max_retries``. A keyword set to None removes a config default
-from the body (``max_tokens=None``).
+from the body (``max_tokens=None``); ``extra_body={...}`` is merged into the body as it is.
+
+Bad calls fail before any I/O with an ``InvalidRequestError`` (see "checks of a call" below):
+malformed messages, values that are not JSON, wrong types for the common numeric keys, and
+keywords that are near misses of a known one (``temprature=``), which a server would ignore.
 """
 
 from __future__ import annotations
@@ -21,6 +25,14 @@ from typing import Any
 import httpx
 
 from ..call import CallSpec
+from ..call_checks import (
+    CONTROL_KEYS,
+    check_controls,
+    check_keyword,
+    check_messages,
+    extra_body,
+    shown,
+)
 from ..checker import ActiveChecker
 from ..checks import RouteCheck, acheck_routes, check_routes
 from ..config import LLMConfig, RouteConfig
@@ -32,7 +44,6 @@ from ..transport import AsyncRoutingTransport, RoutingTransport
 
 __all__ = ["VLLMOpenAIProvider"]
 
-_CONTROL_KEYS = frozenset({"route", "model", "deadline", "max_retries"})
 
 
 class VLLMOpenAIProvider:
@@ -98,13 +109,20 @@ class VLLMOpenAIProvider:
         stream: bool,
     ) -> CallSpec:
         body = dict(self.config.params)
+        extra: Mapping[str, Any] | None = None
         for key, value in options.items():
-            if key in _CONTROL_KEYS:
+            if key in CONTROL_KEYS:
                 continue
             if value is None:
                 body.pop(key, None)
-            else:
-                body[key] = value
+                continue
+            if key == "extra_body":
+                extra = extra_body(value)
+                continue
+            check_keyword(key, value)
+            body[key] = value
+        if extra:
+            body.update(extra)
         body.update(payload)
         body.pop("model", None)
         if stream:
@@ -115,10 +133,7 @@ class VLLMOpenAIProvider:
             body.pop("stream_options", None)
         deadline = options.get("deadline")
         max_retries = options.get("max_retries")
-        if deadline is not None and not (isinstance(deadline, (int, float)) and deadline > 0):
-            raise InvalidRequestError(f"deadline must be a positive number, got {deadline!r}")
-        if max_retries is not None and not (isinstance(max_retries, int) and max_retries >= 0):
-            raise InvalidRequestError(f"max_retries must be an int >= 0, got {max_retries!r}")
+        check_controls(options)
         return CallSpec(
             path=path,
             body=body,
@@ -132,14 +147,16 @@ class VLLMOpenAIProvider:
     def _chat_spec(
         self, messages: Sequence[Mapping[str, Any]], options: Mapping[str, Any], *, stream: bool
     ) -> CallSpec:
-        _check_messages(messages)
+        check_messages(messages)
         return self._spec("/chat/completions", {"messages": list(messages)}, options, stream=stream)
 
     def _completion_spec(
         self, prompt: Any, options: Mapping[str, Any], *, stream: bool
     ) -> CallSpec:
         if not isinstance(prompt, (str, list)) or not prompt:
-            raise InvalidRequestError("prompt must be a non-empty string or list")
+            raise InvalidRequestError(
+                f"prompt must be a non-empty string or list, got {shown(prompt)}"
+            )
         return self._spec("/completions", {"prompt": prompt}, options, stream=stream)
 
     # -- sync ----------------------------------------------------------------------------
@@ -335,21 +352,6 @@ class VLLMOpenAIProvider:
             entry["state"] = stats[check.route]["state"]
             report[check.route] = entry
         return report
-
-
-def _check_messages(messages: Any) -> None:
-    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
-        raise InvalidRequestError(
-            "messages must be a list of {'role': ..., 'content': ...} mappings, "
-            f"got {type(messages).__name__}"
-        )
-    if not messages:
-        raise InvalidRequestError("messages is empty: give at least one message")
-    for position, message in enumerate(messages):
-        if not isinstance(message, Mapping) or "role" not in message:
-            raise InvalidRequestError(
-                f"messages[{position}] must be a mapping with a 'role', got {message!r:.80}"
-            )
 
 
 def _models_of(checks: list[RouteCheck]) -> list[str]:
