@@ -11,7 +11,10 @@ when it comes back, gets traffic again; and no asyncio task, thread or socket is
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +72,20 @@ def test_the_verdict_catches_what_goes_wrong(fleet: Fleet):
     found = " | ".join(problems(result))
     for expected in ("1 calls failed", "took", "ResourceWarnings"):
         assert expected in found
+
+
+def test_the_reliability_report_script_writes_the_table(tmp_path):
+    script = Path(__file__).resolve().parent.parent / "scripts" / "reliability_report.py"
+    out = tmp_path / "reliability.md"
+    done = subprocess.run(
+        [sys.executable, str(script), "--out", str(out), "--faults", "killed", "html"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "| yes |" in line]
+    assert len(rows) == 4  # two faults, async and sync, each holding
+    assert "| process killed mid-run | async | 192 | 192 | 0 |" in text
+    assert "| answers an HTML error page | sync | 96 | 96 | 0 |" in text
