@@ -63,6 +63,23 @@ class BodyEncoder:
         return encoded
 
 
+def route_headers(route: RouteConfig) -> list[tuple[bytes, bytes]]:
+    """The headers every request to ``route`` carries (calls and checks alike), UTF-8 encoded.
+
+    The api_key goes as ``Authorization: Bearer ...`` unless the route's own ``headers`` set an
+    Authorization, which then replaces it rather than being sent beside it."""
+    headers = [
+        (b"accept", b"application/json"),
+        (b"content-type", b"application/json"),
+        (b"user-agent", b"llm-routes"),
+    ]
+    extra = [(k.lower().encode(), v.encode()) for k, v in route.headers.items()]
+    if route.api_key and not any(name == b"authorization" for name, _ in extra):
+        headers.append((b"authorization", b"Bearer " + route.api_key.encode()))
+    headers.extend(extra)
+    return headers
+
+
 def carries_payload(event: Mapping[str, Any]) -> bool:
     """Does a stream event carry something for the caller (a token, a tool call, an ending)?
 

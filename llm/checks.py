@@ -6,7 +6,8 @@ A check is a look, not traffic: it does not move a route's health state in the b
 
 A check never raises: every failure becomes a short ``error`` text ("connection refused",
 "no answer within 2s", "/health answered HTTP 503", "model 'x' not served (serves: y)", ...).
-Error texts never carry request headers, so an ``api_key`` cannot leak through them.
+Error texts never carry request headers, and any form of the route's ``api_key`` or header
+values that a library's message may quote is masked, so a secret cannot leak through them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from .call import route_headers
 from .config import RouteConfig
 
 
@@ -52,10 +54,7 @@ class RouteCheck:
 
 
 def _requests(route: RouteConfig, timeout: float) -> tuple[httpx.Request, httpx.Request]:
-    headers = {"accept": "application/json", "user-agent": "llm-routes"}
-    if route.api_key:
-        headers["authorization"] = f"Bearer {route.api_key}"
-    headers.update(route.headers)
+    headers = route_headers(route)  # a check sends what calls send
     extensions = {
         "timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
     }
@@ -139,10 +138,25 @@ def describe_failure(exc: BaseException, timeout: float) -> str:
     for link in links:
         if isinstance(link, socket.gaierror):
             return f"cannot resolve the host name ({link.strerror or link})"
-    for link in links:
-        if isinstance(link, ssl.SSLError):
-            reason = getattr(link, "verify_message", None) or link.reason or str(link)
+    tls_errors = [link for link in links if isinstance(link, ssl.SSLError)]
+    for link in tls_errors:
+        # aiohttp's certificate error is an SSLError without .reason: prefer the link that
+        # has the verification message or the reason (the original ssl error, further down).
+        reason = getattr(link, "verify_message", None) or getattr(link, "reason", None)
+        if reason:
             return f"TLS error: {reason}"
+    if tls_errors:
+        return f"TLS error: {tls_errors[-1]}"
+    for link in links:
+        # A header value the HTTP client refuses to send (a key with a line break, a non-ASCII
+        # value...): the client's own message quotes the value, so it is never shown.
+        if isinstance(link, (httpx.LocalProtocolError, UnicodeError)) or (
+            type(link) is ValueError and "header" in str(link).lower()
+        ):
+            return (
+                "the request was not sent: an api_key or header value is not a valid "
+                "HTTP header value"
+            )
     # httpx-aiohttp maps aiohttp errors onto httpx ones loosely (a refused connection becomes
     # ConnectTimeout), so the original aiohttp exception decides when there is one.
     cause = exc.__cause__
@@ -167,10 +181,35 @@ def describe_failure(exc: BaseException, timeout: float) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _secret_forms(route: RouteConfig) -> list[str]:
+    """The route's api_key and header values as they may appear in an exception's text
+    (as is, stripped, escaped as in a repr of str or bytes), longest first."""
+    values = [route.api_key] if route.api_key not in ("", "EMPTY") else []
+    values.extend(route.headers.values())
+    forms: set[str] = set()
+    for value in values:
+        escaped_bytes = repr(value.encode("utf-8", "replace"))[2:-1]
+        forms.update((value, value.strip(), repr(value)[1:-1], escaped_bytes))
+    return sorted((form for form in forms if len(form) >= 4), key=len, reverse=True)
+
+
+def _scrub(text: str, route: RouteConfig) -> str:
+    """``text`` with every form of the route's secrets masked (in case a library quoted one)."""
+    for form in _secret_forms(route):
+        text = text.replace(form, "***")
+    return text
+
+
 def _failure(
-    check: RouteCheck, exc: BaseException, timeout: float, step: str = "/health"
+    check: RouteCheck,
+    exc: BaseException,
+    timeout: float,
+    step: str = "/health",
+    route: RouteConfig | None = None,
 ) -> RouteCheck:
     reason = describe_failure(exc, timeout)
+    if route is not None:
+        reason = _scrub(reason, route)
     check.error = reason if step == "/health" else f"{step}: {reason}"
     return check
 
@@ -182,9 +221,9 @@ def _ms(since: float) -> float:
 def check_route(transport: httpx.BaseTransport, route: RouteConfig, timeout: float) -> RouteCheck:
     check = RouteCheck(route.name, route.base_url, route.model)
     started = time.perf_counter()
-    health_request, models_request = _requests(route, timeout)
     step = "/health"
     try:
+        health_request, models_request = _requests(route, timeout)
         health = transport.handle_request(health_request)
         try:
             health.read()
@@ -200,7 +239,7 @@ def check_route(transport: httpx.BaseTransport, route: RouteConfig, timeout: flo
             models.close()
         check.models_ms = _ms(models_started)
     except Exception as exc:  # noqa: BLE001 - a check reports every failure, never raises
-        return _failure(check, exc, timeout, step)
+        return _failure(check, exc, timeout, step, route)
     check.latency_ms = _ms(started)
     _judge(check, health.status_code, models.status_code, body, models.headers.get("content-type"))
     return check
@@ -211,9 +250,9 @@ async def acheck_route(
 ) -> RouteCheck:
     check = RouteCheck(route.name, route.base_url, route.model)
     started = time.perf_counter()
-    health_request, models_request = _requests(route, timeout)
     step = "/health"
     try:
+        health_request, models_request = _requests(route, timeout)
         health = await transport.handle_async_request(health_request)
         try:
             await health.aread()
@@ -229,7 +268,7 @@ async def acheck_route(
             await models.aclose()
         check.models_ms = _ms(models_started)
     except Exception as exc:  # noqa: BLE001 - a check reports every failure, never raises
-        return _failure(check, exc, timeout, step)
+        return _failure(check, exc, timeout, step, route)
     check.latency_ms = _ms(started)
     _judge(check, health.status_code, models.status_code, body, models.headers.get("content-type"))
     return check
@@ -240,9 +279,9 @@ def _setup_failure(route: RouteConfig, exc: Exception) -> RouteCheck:
     check = RouteCheck(route.name, route.base_url, route.model)
     reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or type(exc).__name__
     if isinstance(route.verify, str):
-        check.error = f"cannot use verify {route.verify!r}: {reason}"
+        check.error = _scrub(f"cannot use verify {route.verify!r}: {reason}", route)
     else:
-        check.error = f"cannot set up the HTTP client: {reason}"
+        check.error = _scrub(f"cannot set up the HTTP client: {reason}", route)
     return check
 
 

@@ -105,6 +105,18 @@ class RouteConfig:
             ),
         )
 
+    def __repr__(self) -> str:
+        return (
+            f"RouteConfig(name={self.name!r}, base_url={self.shown_url!r}, model={self.model!r}, "
+            f"timeout={self.timeout!r}, weight={self.weight!r}, send_model={self.send_model!r}, "
+            f"verify={self.verify!r})"
+        )
+
+    @property
+    def shown_url(self) -> str:
+        """``base_url`` fit to show (logs, stats, reports): a ``user:password@`` is masked."""
+        return _redact_url(self.base_url)
+
     @property
     def server_url(self) -> str:
         """``base_url`` without a trailing ``/v1``: where ``/health`` and ``/metrics`` live."""
@@ -723,8 +735,20 @@ def _headers(path: str, value: object) -> dict[str, str]:
             _expected(_join(path, name), "a non-empty header name", name)
         if not isinstance(item, str):
             _expected(_join(path, name), "a string (quote it in YAML)", item, secret=True)
-        headers[name] = item
+        headers[name] = _header_value(_join(path, name), item)
     return headers
+
+
+def _header_value(path: str, value: str) -> str:
+    """A value sent as is in an HTTP header: no control character (a line break would end the
+    header), no leading or trailing whitespace. Shown by type only, never by value."""
+    if value != value.strip() or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        _fail(
+            path,
+            "expected a string usable as an HTTP header value (no line breaks or other "
+            "control characters, no leading or trailing whitespace), found a string that is not",
+        )
+    return value
 
 
 def _verify(path: str, value: object) -> bool | str:
@@ -749,7 +773,10 @@ def _route(path: str, name: str, value: object, default_timeout: float) -> Route
         timeout=_number(
             _join(path, "timeout"), raw.get("timeout", default_timeout), minimum=0, exclusive=True
         ),
-        api_key=_string(_join(path, "api_key"), raw.get("api_key", "EMPTY"), secret=True),
+        api_key=_header_value(
+            _join(path, "api_key"),
+            _string(_join(path, "api_key"), raw.get("api_key", "EMPTY"), secret=True),
+        ),
         weight=_number(_join(path, "weight"), raw.get("weight", 1.0), minimum=0, exclusive=True),
         headers=MappingProxyType(_headers(_join(path, "headers"), raw.get("headers"))),
         send_model=_bool(_join(path, "send_model"), raw.get("send_model", True)),

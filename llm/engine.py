@@ -29,7 +29,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
+import ssl
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
@@ -38,7 +40,7 @@ from typing import Any
 
 import httpx
 
-from .call import BodyEncoder, CallSpec, carries_payload, error_in
+from .call import BodyEncoder, CallSpec, carries_payload, error_in, route_headers
 from .config import LLMConfig, RouteConfig
 from .errors import (
     Attempt,
@@ -46,6 +48,7 @@ from .errors import (
     InvalidResponseError,
     LLMError,
     NoRouteError,
+    RouteConnectionError,
     RouteError,
     RouteTimeoutError,
     StreamInterruptedError,
@@ -151,7 +154,7 @@ class EngineBase:
             self._urls[key] = url
         headers = self._headers.get(config.name)
         if headers is None:
-            headers = self._route_headers(route)
+            headers = route_headers(route.config)
             self._headers[config.name] = headers
         if spec.headers:
             headers = headers + [(k.encode(), v.encode()) for k, v in spec.headers.items()]
@@ -168,19 +171,6 @@ class EngineBase:
             "pool": timeout,
         }
         return request
-
-    @staticmethod
-    def _route_headers(route: RouteState) -> list[tuple[bytes, bytes]]:
-        config = route.config
-        headers = [
-            (b"accept", b"application/json"),
-            (b"content-type", b"application/json"),
-            (b"user-agent", b"llm-routes"),
-        ]
-        if config.api_key:
-            headers.append((b"authorization", b"Bearer " + config.api_key.encode()))
-        headers.extend((k.lower().encode(), v.encode()) for k, v in config.headers.items())
-        return headers
 
     # -- judging answers -----------------------------------------------------------------
 
@@ -232,6 +222,24 @@ class EngineBase:
         if "text/event-stream" not in content_type:
             return f"content-type {content_type or 'missing'!r} instead of an event stream"
         return None
+
+
+def tls_verify(route: RouteConfig) -> bool | ssl.SSLContext:
+    """What the HTTP clients get for a route's ``verify``: a CA bundle path becomes an SSL
+    context (httpx no longer takes a path). A path that cannot be used is the route's failure,
+    a ``RouteConnectionError`` naming the key, so calls fail over to the other routes."""
+    verify = route.verify
+    if not isinstance(verify, str):
+        return verify
+    try:
+        if os.path.isdir(verify):
+            return ssl.create_default_context(capath=verify)
+        return ssl.create_default_context(cafile=verify)
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise RouteConnectionError(
+            f"cannot use llm.routes.{route.name}.verify {verify!r}: {reason}", route=route.name
+        ) from None
 
 
 def _decode_answer(content: bytes, expect: str | None) -> tuple[Any, str | None]:
@@ -320,7 +328,8 @@ class SyncEngine(EngineBase):
             with self._lock:  # threads racing here would each make (and leak) a pool
                 transport = self._transports.get(route.verify)
                 if transport is None:
-                    transport = httpx.HTTPTransport(verify=route.verify, limits=_LIMITS)
+                    verify = tls_verify(route)
+                    transport = httpx.HTTPTransport(verify=verify, limits=_LIMITS)
                     self._transports[route.verify] = transport
         return transport
 
@@ -406,7 +415,7 @@ class SyncEngine(EngineBase):
                 error = transport_error(route.name, exc)
                 plan.failed(route, started, error, outcome_name(error))
                 continue
-            except (InvalidResponseError, RouteTimeoutError) as failure:  # from _read
+            except (InvalidResponseError, RouteTimeoutError, RouteConnectionError) as failure:
                 plan.failed(route, started, failure, outcome_name(failure))
                 continue
             except LLMError:
@@ -604,7 +613,7 @@ class AsyncEngine(EngineBase):
             from httpx_aiohttp import AiohttpTransport
 
             self._io_errors = _async_io_errors()
-            transport = AiohttpTransport(verify=verify, limits=_LIMITS)
+            transport = AiohttpTransport(verify=tls_verify(route), limits=_LIMITS)
             self._transports[verify] = transport
         return transport
 
@@ -687,7 +696,7 @@ class AsyncEngine(EngineBase):
                     invalid = InvalidResponseError(problem, route=route.name)
                     plan.failed(route, started, invalid, "invalid_response")
                     continue
-            except (InvalidResponseError, RouteTimeoutError) as failure:  # from _read
+            except (InvalidResponseError, RouteTimeoutError, RouteConnectionError) as failure:
                 plan.failed(route, started, failure, outcome_name(failure))
                 continue
             except LLMError:

@@ -118,12 +118,16 @@ def _scrub(text: str | None, secrets: Iterable[str]) -> str | None:
 
 def _secrets(config: LLMConfig) -> list[str]:
     """Every api_key and header value of the config, longest first (so none half-replaced)."""
-    found: set[str] = set()
+    values: list[str] = []
     for route in config.routes.values():
         if route.api_key not in _NO_SECRET:
-            found.add(route.api_key)
-        found.update(value for value in route.headers.values() if len(value) >= 4)
-    return sorted(found, key=len, reverse=True)
+            values.append(route.api_key)
+        values.extend(route.headers.values())
+    found: set[str] = set()
+    for value in values:  # also as a library may quote it: stripped, or escaped in a repr
+        escaped_bytes = repr(value.encode("utf-8", "replace"))[2:-1]
+        found.update((value, value.strip(), repr(value)[1:-1], escaped_bytes))
+    return sorted((form for form in found if len(form) >= 4), key=len, reverse=True)
 
 
 def run_checks(
