@@ -130,13 +130,13 @@ class Balancer:
     # -- reporting -----------------------------------------------------------------------
 
     def dispatch(self, route: RouteState) -> float:
-        """A request goes to ``route`` now; returns its start time for the reports."""
+        """A request goes to ``route`` now; returns its start time for the reports (the clock's,
+        or a float step later when the route was ejected at this same clock reading)."""
         with self.lock:
             now = self.clock()
             route.in_flight += 1
             route.requests += 1
-            route.health.on_dispatch(now)
-            return now
+            return route.health.on_dispatch(now)
 
     def succeeded(
         self,
@@ -205,7 +205,8 @@ class Balancer:
             if not health.healthy:
                 return
             route.last_error = f"active check: {reason}"
-            health.on_failure(now, now, self.rng)
+            # a failed check counts as a request dispatched now, after any earlier ejection
+            health.on_failure(max(now, health.ejected_at), now, self.rng)
             until = health.ejected_until - now
         logger.warning("route {} ejected for {:.2f}s by an active check: {}", name, until, reason)
 

@@ -12,13 +12,17 @@ again and forgets the consecutive count; a failure ejects it again, for longer.
 
 Requests that were already in flight when the route was ejected do not move the state: they
 belong to the period before the ejection. That keeps one burst of failures from counting as
-many consecutive ejections.
+many consecutive ejections. "Before" is the order of events, not of clock readings: a coarse
+clock (or a fake one) gives the same reading to a request and to an ejection that follows it,
+so ``on_dispatch`` returns a start stamp that is never before the last ejection, and an
+ejection is stamped after every request dispatched so far (one float step later on a tie).
 
 Nothing here locks: the balancer owns the lock and calls these methods under it.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from enum import Enum
 
@@ -47,6 +51,7 @@ class RouteHealth:
         "ejected_until",
         "ejections",
         "healthy",
+        "last_dispatched_at",
         "max_cooldown",
         "trial_in_flight",
     )
@@ -59,7 +64,10 @@ class RouteHealth:
         self.consecutive_ejections = 0
         self.ejected_at = float("-inf")
         self.ejected_until = float("-inf")
-        self.trial_in_flight = False
+        self.last_dispatched_at = float("-inf")
+        # requests sent since the ejection (the trial, forced ones) still in flight: a count,
+        # not a flag, so that one of two ending does not open the slot while the other runs
+        self.trial_in_flight = 0
 
     def state(self, now: float) -> State:
         if self.healthy:
@@ -70,10 +78,16 @@ class RouteHealth:
         """May a request be sent here now without forcing? (healthy, or a free trial slot)"""
         return self.healthy or (now >= self.ejected_until and not self.trial_in_flight)
 
-    def on_dispatch(self, now: float) -> None:
-        """A request is sent now. When the route is not healthy it is the (or a forced) trial."""
+    def on_dispatch(self, now: float) -> float:
+        """A request is sent now. When the route is not healthy it is the (or a forced) trial.
+
+        Returns the request's start stamp for the reports: ``now``, or the last ejection's
+        stamp when that is later (an ejection at this same clock reading came first)."""
+        started = max(now, self.ejected_at)
+        self.last_dispatched_at = max(self.last_dispatched_at, started)
         if not self.healthy:
-            self.trial_in_flight = True
+            self.trial_in_flight += 1
+        return started
 
     def on_success(self, started_at: float) -> None:
         if self.healthy:
@@ -81,12 +95,12 @@ class RouteHealth:
         elif started_at >= self.ejected_at:
             self.healthy = True
             self.consecutive_ejections = 0
-            self.trial_in_flight = False
+            self.trial_in_flight = 0
 
     def on_neutral(self, started_at: float) -> None:
         """The request ended without telling anything about the route (caller's fault, cancel)."""
-        if not self.healthy and started_at >= self.ejected_at:
-            self.trial_in_flight = False
+        if not self.healthy and started_at >= self.ejected_at and self.trial_in_flight:
+            self.trial_in_flight -= 1
 
     def on_failure(
         self, started_at: float, now: float, rng: random.Random, min_cooldown: float = 0.0
@@ -95,12 +109,14 @@ class RouteHealth:
         if started_at < self.ejected_at:
             return False  # in flight before the last ejection: already accounted for
         self.healthy = False
-        self.trial_in_flight = False
+        self.trial_in_flight = 0
         self.ejections += 1
         self.consecutive_ejections += 1
         cooldown = cooldown_for(
             self.consecutive_ejections, self.base_cooldown, self.max_cooldown, rng
         )
-        self.ejected_at = now
+        # after every request dispatched so far, even those with this same clock reading
+        last = self.last_dispatched_at
+        self.ejected_at = now if now > last else math.nextafter(last, math.inf)
         self.ejected_until = now + max(cooldown, min(min_cooldown, self.max_cooldown))
         return True

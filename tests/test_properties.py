@@ -1,0 +1,907 @@
+"""Property-based tests of the routing layer (hypothesis), and a thread-safety test.
+
+- A rule-based state machine drives one Balancer (round robin, weighted round robin, least
+  latency) with any sequence of picks (with and without exclude sets, plain and stream),
+  forced picks, dispatches, successes (with and without latency samples), failures (connect
+  error, 5xx, a misconfigured 401, a 429 with Retry-After), finished/abandoned attempts,
+  active-check verdicts and clock moves (often zero: events at the same clock tick are the
+  hard case). A model kept by the test, in event order, says what must happen; invariants
+  compare it with the balancer after every step.
+- ``@given`` tests for the pure pieces: ``cooldown_for``, ``backoff_delay``, round-robin and
+  smooth-weighted fairness, least-latency choice, and ``CallPlan`` (Retry-After, deadline).
+- Two example tests pin the bugs the state machine found (events at one clock reading; one
+  trial at a time with forced requests).
+- 64 threads hammering one Balancer with the real clock: counters add up exactly.
+
+No sockets, no sleeping (the FakeClock is injected), seeded randomness, derandomized hypothesis.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from conftest import FakeClock, route_config
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from llm.config import HealthConfig, RetryConfig
+from llm.errors import RouteConnectionError
+from llm.routing import Balancer, CallPlan, Pool, RouteState, State, backoff_delay
+from llm.routing.health import cooldown_for
+
+PROPERTY = settings(max_examples=150, deadline=None, derandomize=True)
+STATEFUL = settings(
+    max_examples=60,
+    stateful_step_count=50,
+    deadline=None,
+    derandomize=True,
+    # no explain phase: it traces every line (sys.settrace before Python 3.12) and turns a
+    # failure report into minutes
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
+)
+
+JITTER = 0.2  # cooldown_for's default: a cooldown is jittered down by at most 20 %
+INF = float("inf")
+
+
+class FixedRandom(random.Random):
+    """rng.random() always returns ``value``."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__(0)
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+def slack(*values: float) -> float:
+    """Rounding allowance for ``(now + d) - now`` against ``d``: a few ulps of the sum."""
+    return 4 * math.ulp(max(abs(v) for v in values))
+
+
+# -- pure functions ----------------------------------------------------------------------
+
+
+@PROPERTY
+@given(
+    consecutive=st.integers(1, 10**6),
+    base=st.floats(1e-3, 100.0),
+    factor=st.floats(1.0, 100.0),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_cooldown_is_positive_capped_and_jittered_down_from_the_doubling(
+    consecutive: int, base: float, factor: float, seed: int
+) -> None:
+    cap = base * factor
+    cooldown = cooldown_for(consecutive, base, cap, random.Random(seed))
+    raw = min(cap, base * 2.0 ** min(consecutive - 1, 64))  # base >= 1e-3: 2**32 reaches cap
+    assert 0.0 < cooldown <= cap
+    assert (1.0 - JITTER) * raw <= cooldown <= raw
+
+
+@PROPERTY
+@given(
+    consecutive=st.integers(1, 200),
+    base=st.floats(1e-3, 100.0),
+    factor=st.floats(1.0, 100.0),
+    draw=st.floats(0.0, 1.0, exclude_max=True),
+)
+def test_cooldown_never_shrinks_with_more_consecutive_ejections(
+    consecutive: int, base: float, factor: float, draw: float
+) -> None:
+    cap = base * factor
+    rng = FixedRandom(draw)  # the same jitter draw for both
+    assert cooldown_for(consecutive + 1, base, cap, rng) >= cooldown_for(
+        consecutive, base, cap, rng
+    )
+
+
+@PROPERTY
+@given(
+    retry_number=st.integers(0, 10**4),
+    initial=st.floats(1e-4, 10.0),
+    maximum=st.floats(1e-4, 100.0),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_backoff_is_never_negative_never_above_the_cap_and_at_least_half_the_ceiling(
+    retry_number: int, initial: float, maximum: float, seed: int
+) -> None:
+    retry = RetryConfig(backoff_initial=initial, backoff_max=maximum)
+    delay = backoff_delay(retry_number, retry, random.Random(seed))
+    ceiling = min(maximum, initial * 2.0 ** min(retry_number, 64))
+    assert 0.0 <= delay <= maximum
+    assert 0.5 * ceiling <= delay <= ceiling
+    # and it never shrinks from one repeat to the next (same jitter draw)
+    draw = random.Random(seed).random()
+    assert backoff_delay(retry_number + 1, retry, FixedRandom(draw)) >= backoff_delay(
+        retry_number, retry, FixedRandom(draw)
+    )
+
+
+# -- the balancer as a state machine -----------------------------------------------------
+
+FAILURES = [
+    # (reason, loud, carries a Retry-After)
+    ("connect error", False, False),
+    ("timeout", False, False),
+    ("HTTP 503: Service Unavailable", False, False),
+    ("HTTP 401: Unauthorized", True, False),  # misconfigured: ejected, logged loudly
+    ("HTTP 429: Too Many Requests", False, True),
+]
+
+
+@dataclass
+class Sent:
+    """One dispatched attempt, not yet reported."""
+
+    route: RouteState
+    started: float
+    epoch: int  # the model's ejection count of the route at dispatch time
+
+
+@dataclass
+class Model:
+    """What the test knows about one route, in event order (not clock order)."""
+
+    healthy: bool = True
+    epoch: int = 0  # bumped by every ejection; attempts of older epochs no longer count
+    consecutive: int = 0
+    ejected_until: float = -INF
+    retry_after_until: float = -INF
+    requests: int = 0
+    successes: int = 0
+    failures: int = 0
+    latency: float | None = None
+    ttft: float | None = None
+    last_sample_at: float = -INF
+    last_probe_at: float = -INF
+
+
+class BalancerMachine(RuleBasedStateMachine):
+    """The balancer against a model: health transitions, cooldowns, picks, counters.
+
+    The rules asserted (README "Routing policies" and "Failure handling", health.py):
+
+    - a failure of an attempt dispatched after the route's last ejection ejects it (again):
+      cooldown in (0, max_cooldown], at least min(Retry-After, max_cooldown), and otherwise
+      base * 2^(consecutive-1) capped, jittered down by at most 20 %;
+    - a report of an attempt dispatched before the last ejection changes no health state;
+    - a success of an attempt dispatched after the ejection (the trial) heals the route and
+      resets its consecutive count; a healthy route's consecutive count is 0;
+    - pick returns only an available route not excluded: healthy, or its cooldown over and no
+      trial of it in flight (one trial at a time); None only when there is no such route;
+    - when nothing is available, force returns the route ready first (cooldown or Retry-After);
+    - in-flight, request, success and failure counters match the attempts exactly.
+    """
+
+    POLICY = "round_robin"
+    WEIGHTS: tuple[float, ...] = (1, 1, 1, 1)
+    REPROBE = 4.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = FakeClock(1000.0)
+        self.sent: list[Sent] = []
+        self.finished = Counter[str]()
+        self.cursor = 0
+        self.setup(1.0, 4.0, 0)  # replaced by the drawn setup before the first rule
+
+    @initialize(
+        base=st.sampled_from([0.5, 1.0, 5.0]),
+        factor=st.sampled_from([1.0, 3.0, 16.0]),
+        seed=st.integers(0, 2**32 - 1),
+    )
+    def setup(self, base: float, factor: float, seed: int) -> None:
+        self.health = HealthConfig(
+            cooldown=base, max_cooldown=base * factor, reprobe_interval=self.REPROBE
+        )
+        configs = [route_config(f"r{i}", weight=w) for i, w in enumerate(self.WEIGHTS)]
+        self.balancer = Balancer(
+            configs,
+            policy=self.POLICY,
+            health=self.health,
+            clock=self.clock,
+            rng=random.Random(seed),
+        )
+        pool = self.balancer.pool("m")
+        assert pool is not None
+        self.pool: Pool = pool
+        self.routes = list(pool.routes)
+        self.model = {r.name: Model() for r in self.routes}
+
+    # -- the model's view ----------------------------------------------------------------
+
+    def in_flight(self, route: RouteState) -> int:
+        return sum(1 for s in self.sent if s.route is route)
+
+    def available(self, route: RouteState, now: float) -> bool:
+        m = self.model[route.name]
+        if m.healthy:
+            return True
+        trial_busy = any(s.route is route and s.epoch == m.epoch for s in self.sent)
+        return now >= m.ejected_until and not trial_busy
+
+    def ready_at(self, route: RouteState) -> float:
+        m = self.model[route.name]
+        return max(m.ejected_until, m.retry_after_until)
+
+    def eject(self, route: RouteState, now: float, retry_after: float | None) -> None:
+        """The model's ejection, and the checks of the cooldown the balancer chose."""
+        m = self.model[route.name]
+        m.healthy = False
+        m.epoch += 1
+        m.consecutive += 1
+        health = route.health
+        cap = self.health.max_cooldown
+        hint = min(retry_after or 0.0, cap)
+        raw = min(cap, self.health.cooldown * 2.0 ** (m.consecutive - 1))
+        cooldown = health.ejected_until - now
+        tol = slack(now, health.ejected_until)
+        assert 0.0 < cooldown <= cap + tol
+        assert cooldown >= hint - tol  # never shorter than an honoured Retry-After
+        assert (1.0 - JITTER) * raw - tol <= cooldown <= max(raw, hint) + tol
+        m.ejected_until = health.ejected_until
+
+    # -- rules ---------------------------------------------------------------------------
+
+    @rule(dt=st.sampled_from([0.0, 0.0, 0.0, 1e-6, 0.3, 1.0, 2.5, 6.0, 40.0, 500.0]))
+    def advance(self, dt: float) -> None:
+        self.clock.advance(dt)
+
+    @rule(exclude=st.sets(st.integers(0, 3), max_size=3), stream=st.booleans(), send=st.booleans())
+    def pick(self, exclude: set[int], stream: bool, send: bool) -> None:
+        excluded = [r for i, r in enumerate(self.routes) if i in exclude]
+        now = self.clock()
+        available = [r for r in self.routes if self.available(r, now)]
+        candidates = [r for r in available if r not in excluded]
+        expected, reprobe = self.expected_pick(candidates, now, stream)
+        route = self.balancer.pick(self.pool, excluded, stream)
+        if not candidates:
+            assert route is None
+        else:
+            assert route is not None and route in candidates
+            m = self.model[route.name]
+            assert m.healthy or now >= m.ejected_until  # never while its cooldown runs
+            if expected is not None:
+                assert route is expected, (route.name, expected.name)
+            if self.POLICY == "round_robin":
+                self.cursor = self.routes.index(route) + 1
+            if reprobe:
+                m.last_probe_at = now
+        if route is None and not excluded:
+            assert not available
+            # Every route is ejected (or busy with its trial): the one ready first is tried.
+            route = self.balancer.force(self.routes)
+            assert route is not None
+            assert self.ready_at(route) == min(self.ready_at(r) for r in self.routes)
+        if route is not None and send:
+            self.dispatch(route)
+
+    def expected_pick(
+        self, candidates: list[RouteState], now: float, stream: bool
+    ) -> tuple[RouteState | None, bool]:
+        """The policy's exact choice among ``candidates`` when the test knows it (else None),
+        and whether that choice is a least-latency re-probe."""
+        if not candidates:
+            return None, False
+        if self.POLICY == "round_robin" and len(set(self.WEIGHTS)) == 1:
+            # the next candidate at or after the cursor, in pool order
+            n = len(self.routes)
+            for step in range(n):
+                route = self.routes[(self.cursor + step) % n]
+                if route in candidates:
+                    return route, False
+        if self.POLICY == "least_latency":
+            return self.expected_fastest(candidates, now, stream)
+        return None, False  # weighted: membership here, shares in the @given tests below
+
+    def expected_fastest(
+        self, candidates: list[RouteState], now: float, stream: bool
+    ) -> tuple[RouteState, bool]:
+        """least_latency, as documented: unmeasured routes first (fewest in flight, then pool
+        order); else the first route in pool order whose last sample and last re-probe are both
+        older than reprobe_interval, when it is not the fastest (a re-probe); else the lowest
+        EWMA (latency, or time to first token for streams; pool order breaks ties)."""
+
+        def score(route: RouteState) -> float | None:
+            m = self.model[route.name]
+            return m.ttft if stream else m.latency
+
+        cold = [r for r in candidates if score(r) is None]
+        if cold:
+            return min(cold, key=self.in_flight), False
+        best = min(candidates, key=lambda r: score(r) or 0.0)
+        horizon = now - self.REPROBE
+        stale = next(
+            (
+                r
+                for r in candidates
+                if self.model[r.name].last_sample_at < horizon
+                and self.model[r.name].last_probe_at < horizon
+            ),
+            None,
+        )
+        if stale is not None and stale is not best:
+            return stale, True
+        return best, False
+
+    def dispatch(self, route: RouteState) -> None:
+        m = self.model[route.name]
+        now = self.clock()
+        started = self.balancer.dispatch(route)
+        # the clock's reading, or a few float steps past an ejection at this same reading
+        assert now <= started <= now + 1e-9
+        m.requests += 1
+        self.sent.append(Sent(route, started, m.epoch))
+
+    @precondition(lambda self: bool(self.sent))
+    @rule(
+        index=st.integers(0, 50),
+        latency=st.none() | st.sampled_from([0.01, 0.05, 0.05, 0.2, 1.0]),
+        ttft=st.none() | st.sampled_from([0.005, 0.02, 0.1]),
+    )
+    def succeed(self, index: int, latency: float | None, ttft: float | None) -> None:
+        sent = self.sent.pop(index % len(self.sent))
+        route, m = sent.route, self.model[sent.route.name]
+        was_trial = not m.healthy and sent.epoch == m.epoch
+        before = (route.health.ejected_until, route.health.ejections)
+        self.balancer.succeeded(route, sent.started, latency=latency, ttft=ttft)
+        m.successes += 1
+        if was_trial:
+            m.healthy = True
+            m.consecutive = 0
+            assert route.health.state(self.clock()) is State.HEALTHY
+            assert route.health.consecutive_ejections == 0
+        assert (route.health.ejected_until, route.health.ejections) == before
+        alpha = self.health.ewma_alpha
+        if latency is not None:
+            m.latency = latency if m.latency is None else m.latency + alpha * (latency - m.latency)
+        if ttft is not None:
+            m.ttft = ttft if m.ttft is None else m.ttft + alpha * (ttft - m.ttft)
+        if latency is not None or ttft is not None:
+            m.last_sample_at = self.clock()
+
+    @precondition(lambda self: bool(self.sent))
+    @rule(
+        index=st.integers(0, 50),
+        failure=st.sampled_from(FAILURES),
+        retry_after=st.sampled_from([0.0, 0.5, 3.0, 10.0, 100.0]),
+    )
+    def fail(self, index: int, failure: tuple[str, bool, bool], retry_after: float) -> None:
+        reason, loud, has_retry_after = failure
+        hint = retry_after if has_retry_after else None
+        sent = self.sent.pop(index % len(self.sent))
+        route, m = sent.route, self.model[sent.route.name]
+        health = route.health
+        before = (
+            health.healthy,
+            health.ejected_until,
+            health.ejections,
+            health.consecutive_ejections,
+        )
+        now = self.clock()
+        self.balancer.failed(route, sent.started, reason, hint, loud)
+        m.failures += 1
+        if hint is not None:
+            m.retry_after_until = now + hint
+        assert route.retry_after_until == m.retry_after_until
+        assert route.last_error == reason
+        if sent.epoch == m.epoch:
+            self.eject(route, now, hint)
+        else:  # in flight before the last ejection: already accounted for
+            after = (
+                health.healthy,
+                health.ejected_until,
+                health.ejections,
+                health.consecutive_ejections,
+            )
+            assert after == before
+
+    @precondition(lambda self: bool(self.sent))
+    @rule(index=st.integers(0, 50))
+    def finish(self, index: int) -> None:
+        """A 400 or a cancelled/abandoned attempt: no evidence about the route."""
+        sent = self.sent.pop(index % len(self.sent))
+        health = sent.route.health
+        before = (health.healthy, health.ejected_until, health.ejections)
+        self.balancer.finished(sent.route, sent.started)
+        self.finished[sent.route.name] += 1
+        assert (health.healthy, health.ejected_until, health.ejections) == before
+
+    @rule(index=st.integers(0, 3), healthy=st.booleans())
+    def active_check(self, index: int, healthy: bool) -> None:
+        route = self.routes[index % len(self.routes)]
+        m = self.model[route.name]
+        now = self.clock()
+        self.balancer.observe_check(route.name, healthy, None if healthy else "HTTP 503")
+        if healthy and not m.healthy:
+            m.ejected_until = min(m.ejected_until, now)  # the trial may go at once
+        elif not healthy and m.healthy:
+            self.eject(route, now, None)
+
+    # -- invariants ----------------------------------------------------------------------
+
+    @invariant()
+    def counters_and_states_match_the_model(self) -> None:
+        now = self.clock()
+        stats = self.balancer.stats()
+        for route in self.routes:
+            m, health = self.model[route.name], route.health
+            in_flight = self.in_flight(route)
+            assert route.in_flight == in_flight >= 0
+            assert (route.requests, route.successes, route.failures) == (
+                m.requests,
+                m.successes,
+                m.failures,
+            )
+            assert route.requests == (
+                route.successes + route.failures + self.finished[route.name] + in_flight
+            )
+            assert health.healthy is m.healthy
+            assert health.ejections == m.epoch
+            assert health.consecutive_ejections == m.consecutive
+            if m.healthy:
+                assert m.consecutive == 0
+                assert health.state(now) is State.HEALTHY
+            else:
+                assert health.ejected_until == m.ejected_until
+                expected = State.EJECTED if now < m.ejected_until else State.PROBING
+                assert health.state(now) is expected
+            assert health.available(now) is self.available(route, now)
+            assert route.latency_ewma == m.latency and route.ttft_ewma == m.ttft
+            assert route.last_probe_at == m.last_probe_at
+            assert route.last_sample_at == m.last_sample_at
+            snap = stats[route.name]
+            assert snap["in_flight"] == in_flight and snap["state"] == health.state(now).value
+            assert 0.0 <= snap["cooldown_remaining_s"] <= self.health.max_cooldown + slack(now)
+
+    def teardown(self) -> None:
+        # Report every attempt still in flight (success, failure, finished in turn):
+        # afterwards nothing is in flight and the counters add up.
+        for i, sent in enumerate(self.sent):
+            if i % 3 == 0:
+                self.balancer.succeeded(sent.route, sent.started)
+            elif i % 3 == 1:
+                self.balancer.failed(sent.route, sent.started, "connect error")
+            else:
+                self.balancer.finished(sent.route, sent.started)
+                self.finished[sent.route.name] += 1
+        self.sent.clear()
+        for route in self.routes:
+            assert route.in_flight == 0
+            assert route.requests == route.successes + route.failures + self.finished[route.name]
+
+
+class WeightedMachine(BalancerMachine):
+    WEIGHTS = (1, 2, 3)
+
+
+class LeastLatencyMachine(BalancerMachine):
+    POLICY = "least_latency"
+    WEIGHTS = (1, 1, 1)
+
+
+TestRoundRobinMachine = BalancerMachine.TestCase
+TestRoundRobinMachine.settings = STATEFUL
+TestWeightedMachine = WeightedMachine.TestCase
+TestWeightedMachine.settings = STATEFUL
+TestLeastLatencyMachine = LeastLatencyMachine.TestCase
+TestLeastLatencyMachine.settings = STATEFUL
+
+
+# -- helpers for the example-driven properties -------------------------------------------
+
+
+def make(
+    clock: FakeClock, weights: list[float], policy: str = "round_robin", **health: float
+) -> tuple[Balancer, Pool, list[RouteState]]:
+    balancer = Balancer(
+        [route_config(f"r{i}", weight=w) for i, w in enumerate(weights)],
+        policy=policy,
+        health=HealthConfig(**{"cooldown": 5.0, "max_cooldown": 60.0, **health}),
+        clock=clock,
+        rng=random.Random(0),
+    )
+    pool = balancer.pool("m")
+    assert pool is not None
+    return balancer, pool, list(pool.routes)
+
+
+def eject(balancer: Balancer, route: RouteState) -> None:
+    balancer.failed(route, balancer.dispatch(route), "connect error")
+    assert not route.health.available(balancer.clock())
+
+
+def recover(balancer: Balancer, route: RouteState) -> None:
+    """An active check passes, the trial goes at once and succeeds."""
+    balancer.observe_check(route.name, True)
+    balancer.succeeded(route, balancer.dispatch(route))
+    assert route.health.healthy
+
+
+def pick_names(balancer: Balancer, pool: Pool, n: int) -> list[str]:
+    names = []
+    for _ in range(n):
+        route = balancer.pick(pool)
+        assert route is not None
+        names.append(route.name)
+    return names
+
+
+# -- regressions the state machine found ------------------------------------------------
+
+
+def test_requests_and_an_ejection_at_the_same_clock_reading_keep_their_order() -> None:
+    """A coarse clock gives a burst and the ejection it causes the same reading: the burst's
+    other failures must not count as further ejections, nor its successes heal the route;
+    requests sent after the ejection (same reading) are new evidence."""
+    clock = FakeClock(5.0)  # never moves
+    balancer, _, (a, _b) = make(clock, [1.0, 1.0])
+    burst = [balancer.dispatch(a) for _ in range(3)]
+    balancer.failed(a, burst[0], "connect error")
+    balancer.failed(a, burst[1], "connect error")  # same burst: already accounted for
+    assert (a.health.ejections, a.health.consecutive_ejections) == (1, 1)
+    balancer.succeeded(a, burst[2])  # sent before the ejection: does not heal
+    assert not a.health.healthy
+    forced = balancer.dispatch(a)  # sent after the ejection, same reading
+    balancer.failed(a, forced, "connect error")
+    assert (a.health.ejections, a.health.consecutive_ejections) == (2, 2)
+    # the same with an active check: a request sent before a failing check does not heal
+    b = balancer.routes["r1"]
+    before_check = balancer.dispatch(b)
+    balancer.observe_check("r1", False, "HTTP 503")
+    balancer.succeeded(b, before_check)
+    assert not b.health.healthy
+    balancer.observe_check("r1", True)  # the trial may go at once
+    trial = balancer.dispatch(b)
+    balancer.succeeded(b, trial)
+    assert b.health.healthy and b.health.consecutive_ejections == 0
+
+
+def test_a_route_takes_one_trial_at_a_time_even_with_forced_requests() -> None:
+    """With every route ejected, two calls force the same route; when one of them ends
+    without evidence the other is still its trial, so pick must not add a third request."""
+    clock = FakeClock()
+    balancer, pool, (a,) = make(clock, [1.0])
+    eject(balancer, a)
+    first = balancer.dispatch(a)  # both forced while the cooldown runs
+    second = balancer.dispatch(a)
+    clock.now = a.health.ejected_until
+    assert balancer.pick(pool) is None
+    balancer.finished(a, first)
+    assert balancer.pick(pool) is None  # the second is still in flight
+    balancer.finished(a, second)
+    assert balancer.pick(pool) is a  # now the slot is free
+    balancer.succeeded(a, balancer.dispatch(a))
+    assert a.health.healthy
+
+
+# -- fairness of round robin -------------------------------------------------------------
+
+
+@PROPERTY
+@given(n=st.integers(1, 6), k=st.integers(1, 12), data=st.data())
+def test_round_robin_gives_each_usable_route_exactly_k_of_k_times_n_picks(
+    n: int, k: int, data: st.DataObject
+) -> None:
+    clock = FakeClock()
+    balancer, pool, routes = make(clock, [1.0] * n)
+    # any history: picks with exclude sets move the cursor anywhere
+    for exclude in data.draw(st.lists(st.sets(st.integers(0, n - 1)), max_size=8)):
+        balancer.pick(pool, [routes[i] for i in exclude])
+    ejected = data.draw(st.sets(st.integers(0, n - 1), max_size=n - 1))
+    for i in ejected:
+        eject(balancer, routes[i])
+    usable = {r.name for i, r in enumerate(routes) if i not in ejected}
+    names = pick_names(balancer, pool, k * len(usable))
+    assert Counter(names) == dict.fromkeys(usable, k)  # ejected routes get nothing
+    # in turn, not in bursts: every window of len(usable) picks holds each usable route once
+    for start in range(len(names) - len(usable) + 1):
+        assert set(names[start : start + len(usable)]) == usable
+
+
+@PROPERTY
+@given(
+    weights=st.lists(st.integers(1, 6), min_size=2, max_size=5),
+    k=st.integers(1, 4),
+    data=st.data(),
+)
+def test_smooth_weighted_round_robin_is_exact_per_period_and_close_in_every_prefix(
+    weights: list[int], k: int, data: st.DataObject
+) -> None:
+    clock = FakeClock()
+    balancer, pool, routes = make(clock, [float(w) for w in weights])
+    ejected = data.draw(st.sets(st.integers(0, len(weights) - 1), max_size=len(weights) - 1))
+    for i in ejected:
+        eject(balancer, routes[i])
+    share = {r.name: weights[i] for i, r in enumerate(routes) if i not in ejected}
+    total = sum(share.values())
+    names = pick_names(balancer, pool, k * total)
+    # each period of sum(weights) picks gives each usable route exactly its weight
+    assert Counter(names) == {name: k * w for name, w in share.items()}
+    # in every prefix each route is within the smooth-WRR bound of its exact share:
+    # |picks - t * w / W| < max(1, usable - 1) (current weights stay in (-W, (usable-1) * W))
+    bound = max(1, len(share) - 1)
+    seen = Counter[str]()
+    for t, name in enumerate(names, start=1):
+        seen[name] += 1
+        for other, w in share.items():
+            assert abs(seen[other] - t * w / total) < bound
+
+
+@PROPERTY
+@given(
+    weights=st.lists(st.sampled_from([0.5, 1.0, 1.5, 2.0, 3.0, 7.0]), min_size=2, max_size=5),
+    history=st.lists(
+        st.tuples(st.sampled_from(["pick", "eject", "recover"]), st.sets(st.integers(0, 4))),
+        max_size=30,
+    ),
+)
+def test_weighted_round_robin_skips_ejected_routes_without_unbalancing_the_rest(
+    weights: list[float], history: list[tuple[str, set[int]]]
+) -> None:
+    """After any history of picks, ejections and recoveries, the routes still usable share
+    the picks by weight: the gap to the exact share stays below a constant fixed by the
+    current weights at the start (it does not grow with the number of picks)."""
+    clock = FakeClock()
+    balancer, pool, routes = make(clock, weights)
+    for action, indexes in history:
+        chosen = [routes[i] for i in sorted(indexes) if i < len(routes)]
+        if action == "pick":
+            balancer.pick(pool, chosen)
+        for route in chosen:
+            if action == "eject" and route.health.healthy:
+                eject(balancer, route)
+            elif action == "recover" and not route.health.healthy:
+                recover(balancer, route)
+    usable = [r for r in routes if r.health.available(clock())]
+    if not usable:
+        recover(balancer, routes[0])
+        usable = [routes[0]]
+    total = sum(r.weight for r in usable)
+    # smooth WRR keeps every current weight within [low, high] from here on:
+    # the chosen one drops to at least mean - total, the others only grow, the sum is constant
+    current = [r.current_weight for r in usable]
+    low = min([*current, sum(current) / len(usable) + total / len(usable) - total])
+    high = max([*current, sum(current) - (len(usable) - 1) * low])
+    bound = (high - low) / total + 1e-9
+    seen = Counter[str]()
+    for t, name in enumerate(pick_names(balancer, pool, 60 * len(usable)), start=1):
+        seen[name] += 1
+        for route in usable:
+            assert abs(seen[route.name] - t * route.weight / total) <= bound
+    assert set(seen) == {r.name for r in usable}
+
+
+# -- least latency -----------------------------------------------------------------------
+
+LATENCY = st.sampled_from([0.01, 0.02, 0.05, 0.1, 0.5]) | st.floats(0.001, 5.0)
+
+
+@PROPERTY
+@given(
+    samples=st.lists(st.lists(LATENCY, min_size=1, max_size=4), min_size=2, max_size=5),
+    stream=st.booleans(),
+    data=st.data(),
+)
+def test_least_latency_picks_the_lowest_ewma_and_reprobes_a_stale_route_once(
+    samples: list[list[float]], stream: bool, data: st.DataObject
+) -> None:
+    """Rule: with every usable route measured within reprobe_interval, the pick is the lowest
+    EWMA (time to first token for streams), the first in pool order on a tie. Once the other
+    routes' measurements are older than reprobe_interval, each of them gets one pick (a
+    re-probe, in pool order), then the fastest gets the traffic again."""
+    n = len(samples)
+    clock = FakeClock()
+    balancer, pool, routes = make(
+        clock, [1.0] * n, "least_latency", reprobe_interval=10.0, cooldown=1e3, max_cooldown=1e3
+    )  # ejected routes stay ejected throughout
+    for route, values in zip(routes, samples, strict=True):
+        for value in values:
+            started = balancer.dispatch(route)
+            balancer.succeeded(route, started, latency=value, ttft=value / 2)
+    ejected = data.draw(st.sets(st.integers(0, n - 1), max_size=n - 1))
+    for i in ejected:
+        eject(balancer, routes[i])
+    usable = [r for i, r in enumerate(routes) if i not in ejected]
+    excluded = data.draw(st.sets(st.sampled_from(usable), max_size=len(usable) - 1))
+    candidates = [r for r in usable if r not in excluded]
+
+    def ewma(route: RouteState) -> float:
+        value = route.ttft_ewma if stream else route.latency_ewma
+        assert value is not None
+        return value
+
+    best = min(candidates, key=ewma)
+    clock.advance(data.draw(st.floats(0.0, 9.9)))
+    for _ in range(3):
+        assert balancer.pick(pool, excluded, stream) is best
+    # time passes; only the fastest keeps being measured
+    clock.advance(10.5)
+    balancer.succeeded(best, balancer.dispatch(best), latency=ewma(best), ttft=ewma(best))
+    for stale in [r for r in candidates if r is not best]:  # each re-probed once, in turn
+        assert balancer.pick(pool, excluded, stream) is stale
+    assert balancer.pick(pool, excluded, stream) is best
+    assert balancer.pick(pool, excluded, stream) is best
+
+
+# -- the call plan: backoff, Retry-After, deadline ---------------------------------------
+
+
+@PROPERTY
+@given(data=st.data())
+def test_call_plan_waits_at_least_the_retry_after_and_keeps_within_the_deadline(
+    data: st.DataObject,
+) -> None:
+    draw = data.draw
+    retry = RetryConfig(
+        max_retries=draw(st.integers(0, 6)),
+        backoff_initial=draw(st.sampled_from([0.05, 0.1, 0.5, 1.0])),
+        backoff_max=draw(st.sampled_from([0.2, 1.0, 2.0, 5.0])),
+        retry_after_max=draw(st.sampled_from([1.0, 5.0, 10.0])),
+    )
+    timeouts = draw(st.lists(st.sampled_from([0.5, 5.0, 30.0]), min_size=1, max_size=4))
+    with_fallback = draw(st.booleans())
+    configs = [route_config(f"r{i}", timeout=t) for i, t in enumerate(timeouts)]
+    if with_fallback:
+        configs.append(route_config("fb", timeout=draw(st.sampled_from([0.5, 5.0]))))
+    clock = FakeClock(100.0)
+    cooldown = draw(st.sampled_from([0.5, 2.0, 5.0]))
+    balancer = Balancer(
+        configs,
+        health=HealthConfig(cooldown=cooldown, max_cooldown=cooldown * 4),
+        fallback_route="fb" if with_fallback else None,
+        clock=clock,
+        rng=random.Random(draw(st.integers(0, 2**32 - 1))),
+    )
+    pool = balancer.pool("m")
+    assert pool is not None
+    fallback = balancer.single("fb") if with_fallback else None
+    everyone = list(balancer.routes.values())
+    retry_after = st.none() | st.floats(0.0, retry.retry_after_max)
+    # other calls have already ejected some routes, some with a Retry-After
+    for i in draw(st.sets(st.integers(0, len(everyone) - 1))):
+        route = everyone[i]
+        balancer.failed(route, balancer.dispatch(route), "HTTP 429", draw(retry_after))
+    clock.advance(draw(st.sampled_from([0.0, 0.3, 3.0])))
+    deadline = draw(st.sampled_from([-1.0, 0.0, 0.5, 2.0, 10.0, 60.0]))
+    plan = CallPlan(balancer, pool, fallback, retry=retry, deadline=deadline)
+    assert plan.deadline_at == clock() + deadline
+
+    succeeded = False
+    while (route := plan.next()) is not None:
+        now, made, delay = clock(), len(plan.attempts), plan.delay
+        assert made < 1 + retry.max_retries
+        assert delay >= 0.0 and plan.timeout > 0.0
+        assert plan.timeout <= route.config.timeout
+        repeat = delay > 0.0
+        if not repeat and made:
+            assert route not in plan.tried  # failover goes at once to a route not yet tried
+        if repeat:
+            ceiling = min(retry.backoff_max, retry.backoff_initial * 2.0 ** (plan.repeats - 1))
+            waited_for = route.retry_after_until - now
+            assert delay >= waited_for  # never sooner than the route's Retry-After
+            assert 0.5 * ceiling <= delay <= max(ceiling, waited_for)
+        if made:  # every attempt after the first fits in the deadline
+            assert now + delay < plan.deadline_at
+            assert plan.timeout <= plan.deadline_at - now - delay
+        clock.advance(delay)
+        started = plan.start(route)
+        clock.advance(min(draw(st.sampled_from([0.0, 0.01, 0.4, 3.0, 100.0])), plan.timeout))
+        if made:
+            assert clock() <= plan.deadline_at + slack(plan.deadline_at)
+        if draw(st.integers(0, 4)) == 0:
+            plan.succeeded(route, started, latency=clock() - started)
+            succeeded = True
+            break
+        error = RouteConnectionError("HTTP 503", route=route.name)
+        plan.failed(route, started, error, "status", status_code=503, retry_after=draw(retry_after))
+
+    assert 1 <= len(plan.attempts) <= 1 + retry.max_retries  # the first attempt always happens
+    if not succeeded and len(plan.attempts) < 1 + retry.max_retries:
+        # it gave up early only because the next wait could not end before the deadline
+        now = clock()
+        longest = max([retry.backoff_max] + [r.retry_after_until - now for r in everyone])
+        assert plan.deadline_at - now <= longest
+
+
+# -- thread safety -----------------------------------------------------------------------
+
+THREADS = 64
+ITERATIONS = 250
+
+
+def test_64_threads_hammering_one_balancer_keep_every_counter_exact() -> None:
+    for policy in ("round_robin", "least_latency"):
+        hammer(policy)
+
+
+def hammer(policy: str) -> None:
+    weights = (1.0, 2.0, 1.0, 3.0, 1.0)
+    balancer = Balancer(
+        [route_config(f"r{i}", weight=w) for i, w in enumerate(weights)],
+        policy=policy,
+        health=HealthConfig(cooldown=0.002, max_cooldown=0.01, reprobe_interval=0.005),
+        clock=time.monotonic,  # the real clock: states change while the threads run
+        rng=random.Random(1),
+    )
+    pool = balancer.pool("m")
+    assert pool is not None
+    routes = list(pool.routes)
+    errors: list[BaseException] = []
+    tallies: list[dict[str, Counter[str]]] = []
+    barrier = threading.Barrier(THREADS)
+
+    def work(seed: int) -> None:
+        rng = random.Random(seed)
+        tally: dict[str, Counter[str]] = {
+            k: Counter() for k in ("requests", "successes", "failures", "finished")
+        }
+        try:
+            barrier.wait(timeout=30)
+            for i in range(ITERATIONS):
+                exclude = rng.sample(routes, rng.randint(1, 3)) if rng.random() < 0.3 else []
+                route = balancer.pick(pool, exclude, stream=rng.random() < 0.2)
+                assert route is None or route not in exclude
+                route = route or balancer.pick(pool) or balancer.force(routes)
+                assert route is not None
+                started = balancer.dispatch(route)
+                tally["requests"][route.name] += 1
+                draw = rng.random()
+                if draw < 0.6:
+                    latency = rng.uniform(0.001, 0.05)
+                    balancer.succeeded(route, started, latency=latency, ttft=latency / 3)
+                    tally["successes"][route.name] += 1
+                elif draw < 0.85:
+                    hint = rng.choice([None, None, 0.0, 0.003])
+                    balancer.failed(route, started, "HTTP 503", hint, loud=draw > 0.84)
+                    tally["failures"][route.name] += 1
+                else:
+                    balancer.finished(route, started)
+                    tally["finished"][route.name] += 1
+                if i % 50 == 0:
+                    balancer.stats()
+                    balancer.observe_check(rng.choice(routes).name, rng.random() < 0.5, "x")
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+        finally:
+            tallies.append(tally)
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    end = time.monotonic() + 60.0
+    for thread in threads:
+        thread.join(timeout=max(0.0, end - time.monotonic()))
+    assert not any(t.is_alive() for t in threads), "threads still running after 60 s"
+    assert errors == []
+    assert len(tallies) == THREADS
+
+    total: dict[str, Counter[str]] = {
+        k: sum((t[k] for t in tallies), Counter()) for k in tallies[0]
+    }
+    assert sum(total["requests"].values()) == THREADS * ITERATIONS
+    stats = balancer.stats()
+    for route in routes:
+        name = route.name
+        assert route.in_flight == 0 and stats[name]["in_flight"] == 0
+        assert route.requests == total["requests"][name]
+        assert route.successes == total["successes"][name]
+        assert route.failures == total["failures"][name]
+        assert route.requests == (route.successes + route.failures + total["finished"][name])
+        assert not route.health.trial_in_flight  # no trial slot left taken
+    # the run really exercised failures and ejections on every route
+    assert all(r.requests > 0 and r.failures > 0 and r.health.ejections > 0 for r in routes)
