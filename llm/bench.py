@@ -324,9 +324,9 @@ def summarize(
         1 for r in succeeded if r.attempts and r.attempts[0].route != r.route
     )
     target: dict[str, Any] = (
-        {"routes": {name: config.route(name).base_url for name in pool}}
+        {"routes": {name: config.route(name).shown_url for name in pool}}
         if settings.config_path is not None
-        else {"base_url": config.route(pool[0]).base_url}
+        else {"base_url": config.route(pool[0]).shown_url}
     )
     return {
         "benchmark_config": {

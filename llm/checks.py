@@ -219,7 +219,7 @@ def _ms(since: float) -> float:
 
 
 def check_route(transport: httpx.BaseTransport, route: RouteConfig, timeout: float) -> RouteCheck:
-    check = RouteCheck(route.name, route.base_url, route.model)
+    check = RouteCheck(route.name, route.shown_url, route.model)
     started = time.perf_counter()
     step = "/health"
     try:
@@ -248,7 +248,7 @@ def check_route(transport: httpx.BaseTransport, route: RouteConfig, timeout: flo
 async def acheck_route(
     transport: httpx.AsyncBaseTransport, route: RouteConfig, timeout: float
 ) -> RouteCheck:
-    check = RouteCheck(route.name, route.base_url, route.model)
+    check = RouteCheck(route.name, route.shown_url, route.model)
     started = time.perf_counter()
     step = "/health"
     try:
@@ -276,7 +276,7 @@ async def acheck_route(
 
 def _setup_failure(route: RouteConfig, exc: Exception) -> RouteCheck:
     """The check of a route whose HTTP client could not even be built (a bad CA bundle...)."""
-    check = RouteCheck(route.name, route.base_url, route.model)
+    check = RouteCheck(route.name, route.shown_url, route.model)
     reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or type(exc).__name__
     if isinstance(route.verify, str):
         check.error = _scrub(f"cannot use verify {route.verify!r}: {reason}", route)

@@ -1153,7 +1153,10 @@ def test_a_password_in_base_url_is_masked_where_the_route_is_shown() -> None:
         {"llm": {"routes": {"a": route(f"http://user:{SECRET}@127.0.0.1:9/v1")}}}, environ={}
     )
     shown = config.route("a")
-    assert_clean(repr(shown), shown.shown_url, repr(config))
+    with VLLMOpenAIProvider(config) as provider:
+        stats = provider.stats()
+    assert stats["a"]["base_url"] == "http://***@127.0.0.1:9/v1"
+    assert_clean(repr(shown), shown.shown_url, repr(config), stats)
     assert shown.shown_url == "http://***@127.0.0.1:9/v1"
     assert SECRET in shown.base_url  # still what requests are sent to
 

@@ -62,7 +62,7 @@ class RouteState:
         """Counters as plain data (for ``provider.stats()``); never includes secrets."""
         return {
             "route": self.name,
-            "base_url": self.config.base_url,
+            "base_url": self.config.shown_url,
             "model": self.config.model,
             "state": self.health.state(now).value,
             "requests": self.requests,
