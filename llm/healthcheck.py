@@ -39,7 +39,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TextIO
-from urllib.parse import urlsplit, urlunsplit
 
 from .checks import RouteCheck
 from .config import LLMConfig, load_config
@@ -96,18 +95,6 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _mask_url(url: str) -> str:
-    """``http://user:secret@host/v1`` -> ``http://user:***@host/v1``; other URLs unchanged."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:{_MASK}@{host}"))
-
-
 def _scrub(text: str | None, secrets: Iterable[str]) -> str | None:
     if text is None:
         return None
@@ -152,7 +139,7 @@ def run_checks(
     clean = tuple(
         dataclasses.replace(
             check,
-            base_url=_mask_url(_scrub(check.base_url, secrets) or ""),
+            base_url=_scrub(check.base_url, secrets) or "",  # a password is masked already
             error=_scrub(check.error, secrets),
         )
         for check in checks

@@ -433,7 +433,7 @@ def test_an_api_key_never_appears_in_any_output(tmp_path, capsys, refused_url):
         routes_out["keyless"]["error"] == "/v1/models answered HTTP 401 (check the route's api_key)"
     )
     assert routes_out["dead"]["error"] == "connection refused"
-    assert routes_out["userinfo"]["base_url"] == f"http://user:***@{host}"
+    assert routes_out["userinfo"]["base_url"] == f"http://***@{host}"
     for text in outputs:
         assert SECRET not in text and "Bearer" not in text
     assert SECRET[-8:] not in "".join(outputs)
