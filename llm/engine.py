@@ -34,12 +34,13 @@ import random
 import ssl
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
+from .aio import NativeResponse, NativeSender
 from .call import BodyEncoder, CallSpec, carries_payload, error_in, route_headers
 from .config import LLMConfig, RouteConfig
 from .errors import (
@@ -66,11 +67,15 @@ from .routing.plan import CallPlan
 from .routing.state import RouteState
 from .sse import OversizedEventError, SSEDecoder
 
+# What an attempt gets back: httpx's response, or the async engine's own (see llm/aio.py).
+Answer = httpx.Response | NativeResponse
+
 _LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=256, keepalive_expiry=4.0)
 # keepalive_expiry stays under uvicorn's 5 s keep-alive (vLLM's server) so that we never reuse
 # a connection the server is about to close, which would look like a route failure.
 
 _SYNC_IO_ERRORS: tuple[type[BaseException], ...] = (httpx.HTTPError, OSError)
+_HTTPX_IO_ERRORS: tuple[type[BaseException], ...] = (httpx.HTTPError, OSError)
 _loads = json.loads
 
 
@@ -80,7 +85,7 @@ class Reply:
 
     route: str
     status_code: int
-    headers: httpx.Headers
+    headers: Mapping[str, str]
     content: bytes
     data: Any
     attempts: list[Attempt]
@@ -143,8 +148,15 @@ class EngineBase:
 
     # -- building requests ---------------------------------------------------------------
 
+    @staticmethod
+    def _content(body: BodyEncoder, config: RouteConfig) -> bytes | None:
+        try:
+            return body.for_route(config)
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequestError(f"request body is not JSON-serialisable: {exc}") from None
+
     def _build(
-        self, route: RouteState, spec: CallSpec, body: BodyEncoder, timeout: float
+        self, route: RouteState, spec: CallSpec, content: bytes | None, timeout: float
     ) -> httpx.Request:
         config = route.config
         key = (config.name, spec.path)
@@ -158,10 +170,6 @@ class EngineBase:
             self._headers[config.name] = headers
         if spec.headers:
             headers = headers + [(k.encode(), v.encode()) for k, v in spec.headers.items()]
-        try:
-            content = body.for_route(config)
-        except (TypeError, ValueError) as exc:
-            raise InvalidRequestError(f"request body is not JSON-serialisable: {exc}") from None
         connect = min(self.config.connect_timeout, timeout)
         request = httpx.Request(spec.method, url, headers=headers, content=content)
         request.extensions["timeout"] = {
@@ -179,7 +187,7 @@ class EngineBase:
         plan: CallPlan,
         route: RouteState,
         started: float,
-        response: httpx.Response,
+        response: Answer,
         content: bytes,
         spec: CallSpec,
     ) -> Reply | None:
@@ -217,7 +225,7 @@ class EngineBase:
         )
         return None
 
-    def _stream_problem(self, response: httpx.Response) -> str | None:
+    def _stream_problem(self, response: Answer) -> str | None:
         content_type = response.headers.get("content-type", "")
         if "text/event-stream" not in content_type:
             return f"content-type {content_type or 'missing'!r} instead of an event stream"
@@ -271,31 +279,38 @@ def _too_long(route: str, timeout: float, what: str = "answer not complete") -> 
     return RouteTimeoutError(f"{what} within {timeout:g}s", route=route)
 
 
-def _declared_oversized(response: httpx.Response, limit: int) -> bool:
+def _declared_oversized(response: Answer, limit: int) -> bool:
     declared = response.headers.get("content-length")
     return declared is not None and declared.isdigit() and int(declared) > limit
 
 
 def _events_of(decoder: SSEDecoder, chunk: bytes, route: str) -> list[dict[str, Any]]:
+    """The events that ``chunk`` completes, decoded; a broken or error event raises."""
     try:
         payloads = decoder.feed(chunk)
     except OversizedEventError as exc:
         raise _oversized(route, exc.limit, "stream event") from None
-    return [_parse_event(data, route) for data in payloads]
+    events = []
+    for data in payloads:
+        try:
+            event = _loads(data)
+        except (ValueError, UnicodeDecodeError):
+            snippet = data[:80].decode("utf-8", "replace")
+            raise InvalidResponseError(
+                f"stream event is not JSON: {snippet!r}", route=route
+            ) from None
+        if type(event) is not dict or "choices" not in event:  # a chunk has choices (maybe [])
+            _check_event(event, route)
+        events.append(event)
+    return events
 
 
-def _parse_event(data: bytes, route: str) -> dict[str, Any]:
-    try:
-        event = _loads(data)
-    except (ValueError, UnicodeDecodeError):
-        snippet = data[:80].decode("utf-8", "replace")
-        raise InvalidResponseError(f"stream event is not JSON: {snippet!r}", route=route) from None
+def _check_event(event: Any, route: str) -> None:
     if not isinstance(event, dict):
         raise InvalidResponseError("stream event is not a JSON object", route=route)
     found = error_in(event)
     if found is not None:
         raise InvalidResponseError(f"server error in stream: {found[0]}", route=route)
-    return event
 
 
 # ======================================================================================
@@ -364,7 +379,7 @@ class SyncEngine(EngineBase):
         while (route := plan.next()) is not None:
             if plan.delay > 0:
                 self.sleep(plan.delay)
-            request = self._build(route, spec, body, plan.timeout)
+            request = self._build(route, spec, self._content(body, route.config), plan.timeout)
             started = plan.start(route)
             try:
                 response = self.transport_for(route.config).handle_request(request)
@@ -394,7 +409,7 @@ class SyncEngine(EngineBase):
         while (route := plan.next()) is not None:
             if plan.delay > 0:
                 self.sleep(plan.delay)
-            request = self._build(route, spec, body, plan.timeout)
+            request = self._build(route, spec, self._content(body, route.config), plan.timeout)
             started = plan.start(route)
             try:
                 response = self.transport_for(route.config).handle_request(request)
@@ -452,6 +467,7 @@ class SyncStream:
         self._decoder = SSEDecoder(engine.max_response_bytes)
         self._events: list[dict[str, Any]] = []
         self._chunks: list[bytes] = []
+        self.piece = b""
         self._reported = False
         self.route = route.name
         self.attempts = plan.attempts
@@ -492,17 +508,19 @@ class SyncStream:
         return False
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        for _raw, events in self._pieces():
+        for events in self.batches():
             yield from events
 
     def iter_raw(self) -> Iterator[bytes]:
-        for raw, _events in self._pieces():
-            yield raw
+        for _events in self.batches():
+            yield self.piece
 
-    def _pieces(self) -> Iterator[tuple[bytes, list[dict[str, Any]]]]:
+    def batches(self) -> Iterator[list[dict[str, Any]]]:
+        """The events as they come, a list per piece of the body (``piece``: its bytes)."""
         try:
             if self._chunks:
-                yield b"".join(self._chunks), self._events
+                self.piece = b"".join(self._chunks)
+                yield self._events
                 self._chunks, self._events = [], []
             decoder = self._decoder
             route = self.route
@@ -516,7 +534,8 @@ class SyncStream:
                 events = _events_of(decoder, chunk, route)
                 if self.ttft_s is None and any(carries_payload(e) for e in events):
                     self.ttft_s = self._engine.clock() - self._started
-                yield chunk, events
+                self.piece = chunk
+                yield events
             self._succeed()
         except _SYNC_IO_ERRORS as exc:
             self._raise_interrupted(transport_error(self.route, exc))
@@ -597,7 +616,41 @@ class AsyncEngine(EngineBase):
         self._given_transport = transport
         self._transports: dict[bool | str, httpx.AsyncBaseTransport] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._io_errors: tuple[type[BaseException], ...] = (httpx.HTTPError, OSError)
+        self._io_errors: tuple[type[BaseException], ...] = _HTTPX_IO_ERRORS
+        # Calls go over aiohttp directly unless an httpx transport was given (tests, mocks).
+        self._native = NativeSender(tls_verify) if transport is None else None
+        self._native_urls: dict[tuple[str, str], str] = {}
+        self._native_headers: dict[str, dict[str, str]] = {}
+
+    async def _send_httpx(
+        self, route: RouteState, spec: CallSpec, content: bytes | None, timeout: float
+    ) -> Answer:
+        request = self._build(route, spec, content, timeout)
+        return await self.transport_for(route.config).handle_async_request(request)
+
+    def _send(
+        self, route: RouteState, spec: CallSpec, content: bytes | None, timeout: float
+    ) -> Awaitable[Any]:
+        """The attempt's request, to be awaited once: an aiohttp answer to wrap in a
+        ``NativeResponse``, or (with a given httpx transport) an ``httpx.Response``."""
+        native = self._native
+        if native is None:
+            return self._send_httpx(route, spec, content, timeout)
+        if self._io_errors is _HTTPX_IO_ERRORS:
+            self._io_errors = _async_io_errors()
+        config = route.config
+        key = (config.name, spec.path)
+        url = self._native_urls.get(key)
+        if url is None:
+            url = self._native_urls[key] = config.base_url + spec.path
+        headers = self._native_headers.get(config.name)
+        if headers is None:
+            headers = {k.decode(): v.decode() for k, v in route_headers(config)}
+            self._native_headers[config.name] = headers
+        if spec.headers:
+            headers = {**headers, **spec.headers}
+        connect = min(self.config.connect_timeout, timeout)
+        return native.send(config, url, headers, content, timeout, connect, spec.stream)
 
     def transport_for(self, route: RouteConfig) -> httpx.AsyncBaseTransport:
         if self._given_transport is not None:
@@ -618,15 +671,25 @@ class AsyncEngine(EngineBase):
         return transport
 
     async def aclose(self) -> None:
+        if self._native is not None:
+            await self._native.aclose()
         transports, self._transports = self._transports, {}
         for transport in transports.values():
             await transport.aclose()
 
     async def _read(
-        self, response: httpx.Response, route: str, started: float, timeout: float
+        self,
+        response: Answer,
+        route: str,
+        started: float,
+        timeout: float,
     ) -> bytes:
         """The async twin of ``SyncEngine._read``."""
         limit = self.max_response_bytes
+        if type(response) is NativeResponse:  # the common case: one read of a declared length
+            whole = await response.read_declared(limit)
+            if whole is not None:
+                return whole
         if _declared_oversized(response, limit):
             raise _oversized(route, limit)
         clock, deadline = self.clock, started + timeout
@@ -647,11 +710,11 @@ class AsyncEngine(EngineBase):
         while (route := plan.next()) is not None:
             if plan.delay > 0:
                 await self.sleep(plan.delay)
-            request = self._build(route, spec, body, plan.timeout)
+            content = self._content(body, route.config)
             started = plan.start(route)
             try:
-                transport = self.transport_for(route.config)
-                response = await transport.handle_async_request(request)
+                answer = await self._send(route, spec, content, plan.timeout)
+                response = answer if self._native is None else NativeResponse(answer)
                 try:
                     content = await self._read(response, route.name, started, plan.timeout)
                 finally:
@@ -678,11 +741,11 @@ class AsyncEngine(EngineBase):
         while (route := plan.next()) is not None:
             if plan.delay > 0:
                 await self.sleep(plan.delay)
-            request = self._build(route, spec, body, plan.timeout)
+            content = self._content(body, route.config)
             started = plan.start(route)
             try:
-                transport = self.transport_for(route.config)
-                response = await transport.handle_async_request(request)
+                answer = await self._send(route, spec, content, plan.timeout)
+                response = answer if self._native is None else NativeResponse(answer)
                 if not 200 <= response.status_code < 300:
                     try:
                         content = await self._read(response, route.name, started, plan.timeout)
@@ -727,7 +790,7 @@ class AsyncStream:
         plan: CallPlan,
         route: RouteState,
         started: float,
-        response: httpx.Response,
+        response: Answer,
     ) -> None:
         self._engine = engine
         self._plan = plan
@@ -740,6 +803,7 @@ class AsyncStream:
         self._decoder = SSEDecoder(engine.max_response_bytes)
         self._events: list[dict[str, Any]] = []
         self._chunks: list[bytes] = []
+        self.piece = b""
         self._reported = False
         self.route = route.name
         self.attempts = plan.attempts
@@ -780,19 +844,21 @@ class AsyncStream:
         return False
 
     async def __aiter__(self) -> AsyncGenerator[dict[str, Any], None]:
-        async for _raw, events in self._pieces():
+        async for events in self.batches():
             for event in events:
                 yield event
 
     async def aiter_raw(self) -> AsyncIterator[bytes]:
-        async for raw, _events in self._pieces():
-            yield raw
+        async for _events in self.batches():
+            yield self.piece
 
-    async def _pieces(self) -> AsyncIterator[tuple[bytes, list[dict[str, Any]]]]:
+    async def batches(self) -> AsyncGenerator[list[dict[str, Any]], None]:
+        """The events as they come, a list per piece of the body (``piece``: its bytes)."""
         io_errors = self._engine._io_errors
         try:
             if self._chunks:
-                yield b"".join(self._chunks), self._events
+                self.piece = b"".join(self._chunks)
+                yield self._events
                 self._chunks, self._events = [], []
             decoder = self._decoder
             route = self.route
@@ -807,7 +873,8 @@ class AsyncStream:
                 events = _events_of(decoder, chunk, route)
                 if self.ttft_s is None and any(carries_payload(e) for e in events):
                     self.ttft_s = self._engine.clock() - self._started
-                yield chunk, events
+                self.piece = chunk
+                yield events
             await self._succeed()
         except RouteError as exc:
             await self._raise_interrupted(exc)

@@ -9,7 +9,7 @@ joined from their fragments, usage, finish reason).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -18,7 +18,7 @@ from .errors import Attempt
 __all__ = ["ChatResult", "CompletionResult", "StreamAccumulator", "StreamEvent"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass costs microseconds per call to make
 class ChatResult:
     """A chat completion. ``str(result)`` is the content."""
 
@@ -95,7 +95,7 @@ class CompletionResult:
 EventKind = Literal["content", "reasoning", "tool_call", "usage", "end"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass is slow to make, and streams make many
 class StreamEvent:
     """One piece of a stream.
 
@@ -128,30 +128,33 @@ class StreamAccumulator:
         self.finish_reason: str | None = None
         self.usage: Mapping[str, Any] | None = None
 
-    def events(self, chunk: Mapping[str, Any]) -> Iterator[StreamEvent]:
-        usage = chunk.get("usage")
-        for choice in chunk.get("choices") or ():
+    def events(self, chunk: Mapping[str, Any]) -> list[StreamEvent]:
+        found: list[StreamEvent] = []
+        choices = chunk.get("choices")
+        for choice in choices or ():
             index = choice.get("index", 0)
             delta = choice.get("delta")
             if delta is None:  # /v1/completions stream
                 text = choice.get("text")
                 if text:
-                    yield StreamEvent("content", text=text, index=index)
+                    found.append(StreamEvent("content", text=text, index=index))
             else:
                 reasoning = delta.get("reasoning") or delta.get("reasoning_content")
                 if reasoning:
-                    yield StreamEvent("reasoning", text=reasoning, index=index)
+                    found.append(StreamEvent("reasoning", text=reasoning, index=index))
                 content = delta.get("content")
                 if content:
-                    yield StreamEvent("content", text=content, index=index)
+                    found.append(StreamEvent("content", text=content, index=index))
                 for fragment in delta.get("tool_calls") or ():
                     self._join_tool_call(fragment)
-                    yield StreamEvent("tool_call", tool_call=fragment, index=index)
+                    found.append(StreamEvent("tool_call", tool_call=fragment, index=index))
             if choice.get("finish_reason") is not None:
                 self.finish_reason = choice["finish_reason"]
-        if usage and not chunk.get("choices"):
+        usage = chunk.get("usage")
+        if usage and not choices:
             self.usage = usage
-            yield StreamEvent("usage", usage=usage)
+            found.append(StreamEvent("usage", usage=usage))
+        return found
 
     def _join_tool_call(self, fragment: Mapping[str, Any]) -> None:
         slot = self._tool_calls.setdefault(

@@ -19,7 +19,7 @@ and LangChain's ``ChatOpenAI`` get the same routing without code of their own.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import httpx
@@ -66,8 +66,10 @@ def _spec_for(request: httpx.Request, content: bytes) -> CallSpec:
     )
 
 
-def _headers_of(headers: httpx.Headers) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in headers.multi_items() if k.lower() not in _HOP_HEADERS]
+def _headers_of(headers: Mapping[str, str]) -> list[tuple[str, str]]:
+    # httpx.Headers and aiohttp's multidict both hand out repeated headers from items().
+    items = headers.multi_items() if isinstance(headers, httpx.Headers) else headers.items()
+    return [(k, v) for k, v in items if k.lower() not in _HOP_HEADERS]
 
 
 def _error_response(request: httpx.Request, error: LLMError) -> httpx.Response:

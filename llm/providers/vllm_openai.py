@@ -190,8 +190,9 @@ class VLLMOpenAIProvider:
         stream = self._engine.open_stream(self._chat_spec(messages, options, stream=True))
         accumulator = StreamAccumulator()
         try:
-            for chunk in stream:
-                yield from accumulator.events(chunk)
+            for chunks in stream.batches():
+                for chunk in chunks:
+                    yield from accumulator.events(chunk)
         finally:
             stream.close()
         yield accumulator.end(stream.route, tuple(stream.attempts))
@@ -281,13 +282,14 @@ class VLLMOpenAIProvider:
     ) -> AsyncGenerator[StreamEvent, None]:
         stream = await self._aengine.open_stream(self._chat_spec(messages, options, stream=True))
         accumulator = StreamAccumulator()
-        chunks = stream.__aiter__()
+        batches = stream.batches()
         try:
-            async for chunk in chunks:
-                for event in accumulator.events(chunk):
-                    yield event
+            async for chunks in batches:
+                for chunk in chunks:
+                    for event in accumulator.events(chunk):
+                        yield event
         finally:
-            await chunks.aclose()
+            await batches.aclose()  # an async generator is not closed by its consumer's close
             await stream.aclose()
         yield accumulator.end(stream.route, tuple(stream.attempts))
 

@@ -119,10 +119,13 @@ FAULTS: tuple[Fault, ...] = (
 class FakeProcess:
     """One fake vLLM server in a child process: started, killed, restarted on its port."""
 
-    def __init__(self, name: str, model: str = "tiny", latency: float = LATENCY) -> None:
+    def __init__(
+        self, name: str, model: str = "tiny", latency: float = LATENCY, tokens: int = 8
+    ) -> None:
         self.name = name
         self.model = model
         self.latency = latency
+        self.tokens = tokens
         self.port = 0
         self._process: subprocess.Popen[str] | None = None
 
@@ -143,6 +146,7 @@ class FakeProcess:
         command = [
             sys.executable, "-m", "llm.testing.fake_vllm", "--port", str(self.port),
             "--model", self.model, "--name", self.name, "--latency", str(self.latency),
+            "--tokens", str(self.tokens),
         ]  # fmt: skip
         self.stop()
         process = subprocess.Popen(
