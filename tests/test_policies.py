@@ -219,7 +219,7 @@ def test_least_latency_reprobes_a_stale_route_once_per_interval(
     assert pool is not None
     a, b = balancer.routes["a"], balancer.routes["b"]
     measure(balancer, a, 0.1)
-    measure(balancer, b, 0.5)
+    measure(balancer, b, 0.105)  # a re-probe of b costs next to nothing: the interval rules
     names = []
     for _ in range(30):  # t = 1 .. 30, a's measurements stay fresh, b's probe never answers
         clock.advance(1.0)
@@ -235,6 +235,74 @@ def test_least_latency_reprobes_a_stale_route_once_per_interval(
     assert [t for t, name in enumerate(names, start=1) if name == "b"] == [11, 22]
 
 
+def test_least_latency_reprobes_a_slow_route_within_the_budget(
+    make_balancer: MakeBalancer, clock: FakeClock
+) -> None:
+    """At a low rate the probe budget, not the interval, spaces the re-probes: b is 0.4 s
+    slower than a, so a re-probe waits for 0.4 / (0.1 * 0.1) = 40 picks since the last one."""
+    balancer = make_balancer("a", "b", policy="least_latency")  # reprobe_interval 10
+    pool = balancer.pool("m")
+    assert pool is not None
+    assert isinstance(balancer.policy, LeastLatency) and balancer.policy.probe_budget == 0.1
+    a, b = balancer.routes["a"], balancer.routes["b"]
+    measure(balancer, a, 0.1)
+    measure(balancer, b, 0.5)
+    names = []
+    for _ in range(100):  # one call a second, as above
+        clock.advance(1.0)
+        route = balancer.pick(pool)
+        assert route is not None
+        names.append(route.name)
+        if route is a:
+            measure(balancer, a, 0.1)
+        else:
+            balancer.dispatch(b)
+            balancer.finished(b, clock())
+    # stale from t=11, but 40 picks first (t=1..40); then stale again after t=51, 40 more picks
+    assert [t for t, name in enumerate(names, start=1) if name == "b"] == [41, 82]
+
+
+def test_least_latency_low_traffic_stays_on_the_fast_route(
+    make_balancer: MakeBalancer, clock: FakeClock
+) -> None:
+    """One call every 5 s is slower than reprobe_interval / 2: under the interval alone two
+    calls in three were re-probes of the slow routes. The budget keeps the mean within ~10 %."""
+    balancer = make_balancer("a", "b", "c", policy="least_latency")
+    pool = balancer.pool("m")
+    assert pool is not None
+    latency = {"a": 0.01, "b": 0.04, "c": 0.16}
+    for name, value in latency.items():
+        measure(balancer, balancer.routes[name], value)
+    names = []
+    for _ in range(600):
+        clock.advance(5.0)
+        route = balancer.pick(pool)
+        assert route is not None
+        names.append(route.name)
+        measure(balancer, route, latency[route.name])
+    mean = sum(latency[name] for name in names) / len(names)
+    assert mean <= 1.12 * latency["a"]
+    counts = Counter(names)
+    assert counts["b"] >= 2 and counts["c"] >= 2  # both still re-probed, in turn
+
+
+def test_least_latency_a_stale_fastest_route_does_not_block_the_reprobes(
+    make_balancer: MakeBalancer, clock: FakeClock
+) -> None:
+    balancer = make_balancer("a", "b", "c", policy="least_latency")
+    pool = balancer.pool("m")
+    assert pool is not None
+    a, b, c = (balancer.routes[n] for n in "abc")
+    measure(balancer, a, 0.1)  # the fastest, first in pool order, and stale below
+    measure(balancer, c, 0.1001)  # measured before b
+    clock.advance(1.0)
+    measure(balancer, b, 0.1001)
+    clock.advance(20.0)  # every route is stale
+    # a re-probe costs 0.0001 s: one pick at 0.1 s pays for it (0.1 * 0.1 >= 0.0001); the
+    # stale route measured longest ago goes first (c), then b; a takes the picks in between
+    assert picks(balancer, pool, 6) == ["a", "c", "a", "b", "a", "a"]
+
+
 def test_least_latency_route_that_became_faster_wins_the_traffic_back(
     make_balancer: MakeBalancer, clock: FakeClock
 ) -> None:
@@ -246,16 +314,19 @@ def test_least_latency_route_that_became_faster_wins_the_traffic_back(
     measure(balancer, b, 1.0)  # b was slow...
     latency = {"a": 0.1, "b": 0.01}  # ...and is now much faster than a
     names = []
-    for _ in range(200):
+    for _ in range(500):
         clock.advance(1.0)
         route = balancer.pick(pool)
         assert route is not None
         names.append(route.name)
         measure(balancer, route, latency[route.name])
-    assert names[:10] == ["a"] * 10  # b is not tried before its measurement is stale
+    # b is not tried before its measurement is stale and the probe budget allows it (90 picks
+    # at 0.1 s pay for the 0.9 s its EWMA says the probe costs); at one call a second the
+    # budget rules, so b needs several re-probes, each cheaper, to win the traffic back
+    assert names.index("b") == 90
     assert b.latency_ewma is not None and a.latency_ewma is not None
     assert b.latency_ewma < a.latency_ewma
     # b has the traffic; a only gets its periodic re-probe
-    tail = Counter(names[-100:])
-    assert tail["b"] >= 88
-    assert 1 <= tail["a"] <= 12
+    tail = Counter(names[-200:])
+    assert tail["b"] >= 190
+    assert 1 <= tail["a"] <= 10

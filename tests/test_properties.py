@@ -38,7 +38,15 @@ from hypothesis.stateful import (
 
 from llm.config import HealthConfig, RetryConfig
 from llm.errors import RouteConnectionError
-from llm.routing import Balancer, CallPlan, Pool, RouteState, State, backoff_delay
+from llm.routing import (
+    Balancer,
+    CallPlan,
+    LeastLatency,
+    Pool,
+    RouteState,
+    State,
+    backoff_delay,
+)
 from llm.routing.health import cooldown_for
 
 PROPERTY = settings(max_examples=150, deadline=None, derandomize=True)
@@ -52,6 +60,7 @@ STATEFUL = settings(
     phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
 )
 
+PROBE_BUDGET = 0.1  # LeastLatency's default
 JITTER = 0.2  # cooldown_for's default: a cooldown is jittered down by at most 20 %
 INF = float("inf")
 
@@ -197,6 +206,7 @@ class BalancerMachine(RuleBasedStateMachine):
         self.sent: list[Sent] = []
         self.finished = Counter[str]()
         self.cursor = 0
+        self.since_probe = 0
         self.setup(1.0, 4.0, 0)  # replaced by the drawn setup before the first rule
 
     @initialize(
@@ -221,6 +231,7 @@ class BalancerMachine(RuleBasedStateMachine):
         self.pool: Pool = pool
         self.routes = list(pool.routes)
         self.model = {r.name: Model() for r in self.routes}
+        self.since_probe = 0  # least latency: picks since the pool's last re-probe
 
     # -- the model's view ----------------------------------------------------------------
 
@@ -281,6 +292,7 @@ class BalancerMachine(RuleBasedStateMachine):
                 self.cursor = self.routes.index(route) + 1
             if reprobe:
                 m.last_probe_at = now
+            self.since_probe = 0 if reprobe else self.since_probe + 1
         if route is None and not excluded:
             assert not available
             # Every route is ejected (or busy with its trial): the one ready first is tried.
@@ -312,30 +324,32 @@ class BalancerMachine(RuleBasedStateMachine):
         self, candidates: list[RouteState], now: float, stream: bool
     ) -> tuple[RouteState, bool]:
         """least_latency, as documented: unmeasured routes first (fewest in flight, then pool
-        order); else the first route in pool order whose last sample and last re-probe are both
-        older than reprobe_interval, when it is not the fastest (a re-probe); else the lowest
-        EWMA (latency, or time to first token for streams; pool order breaks ties)."""
+        order); else a re-probe of the stale route (last sample and last re-probe both older
+        than reprobe_interval, not the fastest) measured longest ago (pool order on a tie), if
+        the picks since the pool's last re-probe pay for it: picks * probe_budget * best EWMA
+        >= its EWMA - best EWMA; else the lowest EWMA (latency, or time to first token for
+        streams; pool order breaks ties)."""
 
         def score(route: RouteState) -> float | None:
             m = self.model[route.name]
             return m.ttft if stream else m.latency
+
+        def since(route: RouteState) -> float:
+            m = self.model[route.name]
+            return max(m.last_sample_at, m.last_probe_at)
 
         cold = [r for r in candidates if score(r) is None]
         if cold:
             return min(cold, key=self.in_flight), False
         best = min(candidates, key=lambda r: score(r) or 0.0)
         horizon = now - self.REPROBE
-        stale = next(
-            (
-                r
-                for r in candidates
-                if self.model[r.name].last_sample_at < horizon
-                and self.model[r.name].last_probe_at < horizon
-            ),
-            None,
-        )
-        if stale is not None and stale is not best:
-            return stale, True
+        stale_routes = [r for r in candidates if r is not best and since(r) < horizon]
+        stale = min(stale_routes, key=since, default=None)
+        if stale is not None:
+            best_score, stale_score = score(best), score(stale)
+            assert best_score is not None and stale_score is not None
+            if self.since_probe * PROBE_BUDGET * best_score >= stale_score - best_score:
+                return stale, True
         return best, False
 
     def dispatch(self, route: RouteState) -> None:
@@ -703,12 +717,16 @@ def test_least_latency_picks_the_lowest_ewma_and_reprobes_a_stale_route_once(
     """Rule: with every usable route measured within reprobe_interval, the pick is the lowest
     EWMA (time to first token for streams), the first in pool order on a tie. Once the other
     routes' measurements are older than reprobe_interval, each of them gets one pick (a
-    re-probe, in pool order), then the fastest gets the traffic again."""
+    re-probe, in pool order as they were measured at the same time), each as soon as the
+    picks since the last re-probe pay for it (picks * probe_budget * fastest EWMA >= its EWMA
+    minus the fastest's), then the fastest gets the traffic again."""
     n = len(samples)
     clock = FakeClock()
     balancer, pool, routes = make(
         clock, [1.0] * n, "least_latency", reprobe_interval=10.0, cooldown=1e3, max_cooldown=1e3
     )  # ejected routes stay ejected throughout
+    policy = balancer.policy
+    assert isinstance(policy, LeastLatency) and policy.probe_budget == PROBE_BUDGET
     for route, values in zip(routes, samples, strict=True):
         for value in values:
             started = balancer.dispatch(route)
@@ -733,7 +751,17 @@ def test_least_latency_picks_the_lowest_ewma_and_reprobes_a_stale_route_once(
     clock.advance(10.5)
     balancer.succeeded(best, balancer.dispatch(best), latency=ewma(best), ttft=ewma(best))
     for stale in [r for r in candidates if r is not best]:  # each re-probed once, in turn
+        cost = ewma(stale) - ewma(best)
+        needed = 0  # the fewest picks since the last re-probe that pay for this one
+        while needed * PROBE_BUDGET * ewma(best) < cost:
+            needed = max(needed + 1, math.ceil(cost / (PROBE_BUDGET * ewma(best))) - 1)
+        since = policy.since_probe.get(pool, 0)
+        if needed - since > 3:  # skip most of a long wait, keep its last picks
+            policy.since_probe[pool] = since = needed - 3
+        for _ in range(max(0, needed - since)):
+            assert balancer.pick(pool, excluded, stream) is best
         assert balancer.pick(pool, excluded, stream) is stale
+        assert policy.since_probe[pool] == 0
     assert balancer.pick(pool, excluded, stream) is best
     assert balancer.pick(pool, excluded, stream) is best
 
