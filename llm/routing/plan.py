@@ -122,7 +122,11 @@ class CallPlan:
         if made and remaining <= 0:
             return None
         self.delay = delay
-        self.timeout = min(route.config.timeout, remaining) if remaining > 0 else 0.001
+        if remaining > 0:
+            timeout = route.config.timeout  # min() spelt out: it runs on every attempt
+            self.timeout = remaining if remaining < timeout else timeout
+        else:
+            self.timeout = 0.001
         return route
 
     def _everyone(self) -> list[RouteState]:

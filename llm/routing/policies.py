@@ -54,7 +54,8 @@ class RoundRobin:
         for step in range(n):
             position = (start + step) % n
             route = routes[position]
-            if route.health.available(now) and route not in exclude:
+            health = route.health
+            if (health.healthy or health.available(now)) and route not in exclude:
                 pool.cursor = position + 1
                 return route
         return None
@@ -64,14 +65,18 @@ class RoundRobin:
         pool: Pool, exclude: Container[RouteState], now: float
     ) -> RouteState | None:
         best: RouteState | None = None
+        best_weight = 0.0
         total = 0.0
         for route in pool.routes:
-            if not route.health.available(now) or route in exclude:
+            health = route.health
+            if (not health.healthy and not health.available(now)) or route in exclude:
                 continue
-            route.current_weight += route.weight
-            total += route.weight
-            if best is None or route.current_weight > best.current_weight:
-                best = route
+            weight = route.weight
+            current = route.current_weight + weight
+            route.current_weight = current
+            total += weight
+            if best is None or current > best_weight:
+                best, best_weight = route, current
         if best is not None:
             best.current_weight -= total
         return best
@@ -99,7 +104,8 @@ class LeastLatency:
         stale_next: RouteState | None = None
         reprobe_before = now - self.reprobe_interval
         for route in pool.routes:
-            if not route.health.available(now) or route in exclude:
+            health = route.health
+            if (not health.healthy and not health.available(now)) or route in exclude:
                 continue
             score = route.ttft_ewma if stream else route.latency_ewma
             if score is None:
