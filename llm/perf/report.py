@@ -40,9 +40,10 @@ def overhead_markdown(figures: Sequence[Figures]) -> str:
         ratio = "—" if item.ratio is None else f"{item.ratio:.2f}×"
         if target is not None and item.ratio is not None:
             ratio = f"**{ratio}**" if item.ratio <= target else f"**{ratio}** (over)"
+        bound = f"≤ {target:.1f}×" if target else ""
         lines.append(
             f"| {item.client} | {'stream' if item.stream else 'plain'} | {item.cpu_us:.0f} "
-            f"| {ratio} | {'≤ %.1f×' % target if target else ''} | {item.rps:.0f} "
+            f"| {ratio} | {bound} | {item.rps:.0f} "
             f"| {_ms(item.p50_ms)} | {_ms(item.p95_ms)} | {_ms(item.ttft_p50_ms)} |"
         )
     return "\n".join(lines)
@@ -73,18 +74,18 @@ def chart_svg(figures: Sequence[Figures], title: str = "Client CPU per request (
         y = 60 + row * row_h
         parts.append(f'<text x="10" y="{y + bar_h + 4}">{escape(client)}</text>')
         for offset, stream in ((0, False), (bar_h + 2, True)):
-            item = value.get((client, stream))
-            if item is None:
+            bar = value.get((client, stream))
+            if bar is None:
                 continue
-            length = max(1.0, bar_w * item.cpu_us / top)
-            ratio = "" if item.ratio is None else f"  ({item.ratio:.2f}×)"
+            length = max(1.0, bar_w * bar.cpu_us / top)
+            ratio = "" if bar.ratio is None else f"  ({bar.ratio:.2f}×)"
             parts.append(
                 f'<rect x="{label_w}" y="{y + offset}" width="{length:.1f}" height="{bar_h}" '
                 f'fill="{colors[stream]}"/>'
             )
             parts.append(
                 f'<text x="{label_w + length + 4:.1f}" y="{y + offset + bar_h - 4}">'
-                f"{item.cpu_us:.0f}{escape(ratio)}</text>"
+                f"{bar.cpu_us:.0f}{escape(ratio)}</text>"
             )
     parts.append(
         f'<text x="10" y="{height - 8}" fill="#555">ratios: to raw aiohttp for async clients, '
