@@ -4,14 +4,16 @@ How this works
 --------------
 ``overhead_markdown`` tabulates ``llm.perf.overhead.Figures`` (CPU per request and its ratio
 to the raw client of the same kind, requests per second, latency, time to first token);
-``chart_svg`` draws the CPU per request of every client as horizontal bars, non-streamed and
-streamed side by side, with nothing but string formatting (no plotting library to install).
+``chart_svg`` draws the CPU per request of every client as horizontal bars on a log scale,
+non-streamed and streamed side by side, with nothing but string formatting (no plotting
+library to install).
 ``document`` puts these together with the other sections (routing cost, import time, the
 least-latency experiment, memory), each given as ready markdown by its own module.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from html import escape
 
@@ -56,9 +58,12 @@ def chart_svg(figures: Sequence[Figures], title: str = "Client CPU per request (
         if item.client not in clients:
             clients.append(item.client)
     value = {(f.client, f.stream): f for f in figures}
-    top = max(f.cpu_us for f in figures) if figures else 1.0
+    # A log scale: the raw clients and the provider sit near 10^2.5, httpx's async pool near 10^4.
+    low = 100.0
+    top = max([low * 10, *(f.cpu_us for f in figures)])
+    span = math.log10(top / low)
     label_w, bar_w, row_h, bar_h = 130, 520, 44, 16
-    width, height = label_w + bar_w + 120, 60 + row_h * len(clients) + 30
+    width, height = label_w + bar_w + 120, 60 + row_h * len(clients) + 40
     colors = {False: "#4c78a8", True: "#f58518"}
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -70,6 +75,15 @@ def chart_svg(figures: Sequence[Figures], title: str = "Client CPU per request (
         f'<rect x="{label_w + 120}" y="32" width="12" height="12" fill="{colors[True]}"/>',
         f'<text x="{label_w + 136}" y="42">streamed (16 tokens)</text>',
     ]
+    axis_bottom = 60 + row_h * len(clients) - 8
+    decade = low
+    while decade <= top:
+        x = label_w + bar_w * math.log10(decade / low) / span
+        parts.append(
+            f'<line x1="{x:.1f}" y1="52" x2="{x:.1f}" y2="{axis_bottom}" stroke="#ddd"/>'
+        )
+        parts.append(f'<text x="{x + 2:.1f}" y="{axis_bottom + 12}" fill="#555">{decade:g}</text>')
+        decade *= 10
     for row, client in enumerate(clients):
         y = 60 + row * row_h
         parts.append(f'<text x="10" y="{y + bar_h + 4}">{escape(client)}</text>')
@@ -77,7 +91,7 @@ def chart_svg(figures: Sequence[Figures], title: str = "Client CPU per request (
             bar = value.get((client, stream))
             if bar is None:
                 continue
-            length = max(1.0, bar_w * bar.cpu_us / top)
+            length = max(1.0, bar_w * math.log10(max(bar.cpu_us, low) / low) / span)
             ratio = "" if bar.ratio is None else f"  ({bar.ratio:.2f}×)"
             parts.append(
                 f'<rect x="{label_w}" y="{y + offset}" width="{length:.1f}" height="{bar_h}" '
@@ -88,8 +102,8 @@ def chart_svg(figures: Sequence[Figures], title: str = "Client CPU per request (
                 f"{bar.cpu_us:.0f}{escape(ratio)}</text>"
             )
     parts.append(
-        f'<text x="10" y="{height - 8}" fill="#555">ratios: to raw aiohttp for async clients, '
-        "to a raw httpx.Client for sync ones</text>"
+        f'<text x="10" y="{height - 8}" fill="#555">log scale; ratios: to raw aiohttp for async '
+        "clients, to a raw httpx.Client for sync ones</text>"
     )
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
