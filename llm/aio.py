@@ -54,10 +54,11 @@ class NativeResponse:
     async def read_declared(self, limit: int) -> bytes | None:
         """The whole body when its declared length is within ``limit``, else None (the engine
         then reads it piece by piece, counting). The attempt's total timeout bounds the wait."""
-        length = self._response.content_length
-        if length is None or length > limit:
-            return None
-        return await self._response.read()
+        response = self._response
+        length = response.content_length
+        if length is None or length > limit or "Content-Encoding" in response.headers:
+            return None  # a compressed length says nothing of the decoded size
+        return await response.read()
 
     async def aclose(self) -> None:
         # Back to the pool when read to the end; closed when not (aiohttp decides).
@@ -88,7 +89,10 @@ class NativeSender:
                 keepalive_timeout=KEEPALIVE_EXPIRY,
                 ssl=verify if verify is not True else True,
             )
-            session = aiohttp.ClientSession(connector=connector)
+            # No Accept-Encoding: vLLM need not compress what it sends over a local network.
+            session = aiohttp.ClientSession(
+                connector=connector, skip_auto_headers=("Accept-Encoding",)
+            )
             self._sessions[route.verify] = session
         return session
 
