@@ -145,6 +145,8 @@ class HealthConfig:
     check_interval: float = 0.0
     reprobe_interval: float = 10.0
     ewma_alpha: float = 0.3
+    stall_factor: float = 4.0
+    stall_min: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +235,15 @@ _ROUTE_KEYS = (
     "weight",
 )
 _RETRY_KEYS = ("backoff_initial", "backoff_max", "retry_after_max")
-_HEALTH_KEYS = ("check_interval", "cooldown", "ewma_alpha", "max_cooldown", "reprobe_interval")
+_HEALTH_KEYS = (
+    "check_interval",
+    "cooldown",
+    "ewma_alpha",
+    "max_cooldown",
+    "reprobe_interval",
+    "stall_factor",
+    "stall_min",
+)
 _CONTROL_KEYS = ("connect_timeout", "deadline", "max_response_bytes", "max_retries", "timeout")
 _BODY_KEYS = (
     "temperature",
@@ -853,6 +863,8 @@ def _health(path: str, value: object) -> HealthConfig:
             "reprobe_interval", defaults.reprobe_interval, minimum=0, exclusive=True
         ),
         ewma_alpha=read("ewma_alpha", defaults.ewma_alpha, minimum=0, exclusive=True, maximum=1),
+        stall_factor=read("stall_factor", defaults.stall_factor, minimum=0),
+        stall_min=read("stall_min", defaults.stall_min, minimum=0),
     )
 
 

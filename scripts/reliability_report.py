@@ -63,14 +63,14 @@ in the two rows where the stream was cut after its first token, those calls had 
 text to the caller and cannot be replayed, so they end in `StreamInterruptedError` (the route
 is then ejected and later calls go elsewhere).
 
-**Noticed.** An instance that accepts connections and then hangs keeps receiving its share of
-new calls until the first of them times out, and as the healthy instances free their workers
-quickly, the calls in flight pile up on it: {hang_extra} calls waited on it in the async run
-of "hangs after accepting", with 64 in flight. Each waits one attempt timeout ({timeout:g} s)
-and then fails over, within its deadline, so nothing is lost, but for that moment the
-application's whole concurrency is stalled. Skipping a route whose in-flight count runs far
-ahead of the others' (least-outstanding-requests) would spare those calls the wait; it is not
-done yet.
+**A hung instance.** One that accepts connections and then answers nothing keeps its calls
+until each times out ({timeout:g} s here). New calls stop going to it once it has been quiet,
+with calls in flight, for `stall_factor` times the pool's usual latency (here at least 0.05 s;
+by default 1 s); until then, as the healthy instances free their workers quickly, calls pile
+up on it: {hang_extra} calls waited on it in the async run of "hangs after accepting", with 64
+in flight (all 64 before stall avoidance). Each waited one attempt timeout and then failed
+over, within its deadline. With real answers taking seconds, far fewer calls reach a hung
+instance in its first quiet second.
 
 The other parts of the reliability proof are tests that run in CI:
 `tests/test_properties.py` (hypothesis: the health state machine and the balancer under any

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import FakeClock, MakeBalancer, route_config
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from loguru import logger
 
 from llm.config import HealthConfig
@@ -346,3 +348,109 @@ def test_concurrent_pick_dispatch_report_keeps_counters_exact() -> None:
     assert sum(r.requests for r in routes) == threads_n * iterations
     assert sum(r.failures for r in routes) > 0
     assert all(r.requests > 0 for r in routes)
+
+
+# -- stall avoidance ---------------------------------------------------------------------------
+
+
+def measured(balancer: Balancer, name: str, latency: float) -> RouteState:
+    route = balancer.routes[name]
+    balancer.succeeded(route, balancer.dispatch(route), latency)
+    return route
+
+
+def test_a_route_gone_quiet_with_calls_in_flight_gets_no_new_calls(
+    make_balancer: MakeBalancer, clock: FakeClock
+):
+    balancer = make_balancer("a", "b", health=HealthConfig(stall_factor=4, stall_min=1.0))
+    pool = balancer.pool("m")
+    a, b = measured(balancer, "a", 0.1), measured(balancer, "b", 0.1)
+    started = balancer.dispatch(a)  # a hangs on this one
+    clock.advance(0.9)  # quiet for less than max(1.0, 4 x 0.1): nothing changes yet
+    assert [balancer.pick(pool).name for _ in range(4)] == ["a", "b", "a", "b"]
+    clock.advance(0.2)  # quiet for 1.1 s: a is stalled
+    assert [balancer.pick(pool).name for _ in range(4)] == ["b", "b", "b", "b"]
+    assert a.health.healthy  # avoided, not ejected
+    assert balancer.pick(pool, exclude=[b]) is a  # nothing else to take the call
+    balancer.failed(b, balancer.dispatch(b), "down")  # b ejected: a is all there is
+    assert balancer.pick(pool) is a
+    balancer.succeeded(a, started, 1.2)  # its call ended: a is no longer quiet
+    assert not balancer._stalled(a, clock())
+
+
+def test_stall_needs_calls_in_flight_and_a_measured_latency(
+    make_balancer: MakeBalancer, clock: FakeClock
+):
+    balancer = make_balancer("a", "b", health=HealthConfig(stall_factor=4, stall_min=0.5))
+    a, b = balancer.routes["a"], balancer.routes["b"]
+    balancer.dispatch(a)  # unmeasured: a first call may take long
+    clock.advance(100)
+    assert not balancer._stalled(a, clock())
+    measured(balancer, "b", 0.05)
+    clock.advance(100)  # b idle (nothing in flight): quiet, but not stalled
+    assert b.in_flight == 0
+    assert balancer.pick(balancer.pool("m"), exclude=[a]) is b
+
+
+def test_stall_avoidance_can_be_turned_off(make_balancer: MakeBalancer, clock: FakeClock):
+    balancer = make_balancer("a", "b", health=HealthConfig(stall_factor=0))
+    pool = balancer.pool("m")
+    a = measured(balancer, "a", 0.01)
+    measured(balancer, "b", 0.01)
+    balancer.dispatch(a)
+    clock.advance(60)
+    assert [balancer.pick(pool).name for _ in range(4)] == ["a", "b", "a", "b"]
+
+
+def test_least_latency_skips_its_fastest_route_once_it_stalls(
+    make_balancer: MakeBalancer, clock: FakeClock
+):
+    balancer = make_balancer(
+        "fast", "slow", policy="least_latency", health=HealthConfig(stall_min=0.2)
+    )
+    pool = balancer.pool("m")
+    fast, slow = measured(balancer, "fast", 0.01), measured(balancer, "slow", 0.1)
+    balancer.dispatch(fast)
+    assert balancer.pick(pool) is fast
+    clock.advance(0.3)  # the fastest route has answered nothing for 0.3 s: hung
+    assert balancer.pick(pool) is slow
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(
+    policy=st.sampled_from(["round_robin", "least_latency"]),
+    routes=st.lists(
+        st.tuples(
+            st.sampled_from([0.01, 0.1, 1.0]),  # its latency
+            st.integers(0, 3),  # calls in flight
+            st.sampled_from([0.0, 0.5, 2.0, 10.0]),  # then quiet for this long
+        ),
+        min_size=2,
+        max_size=5,
+    ),
+    picks=st.integers(1, 6),
+)
+def test_a_stalled_route_is_picked_only_when_every_other_is_stalled(policy, routes, picks):
+    clock = FakeClock(100.0)
+    names = [f"r{i}" for i in range(len(routes))]
+    balancer = Balancer(
+        [route_config(name) for name in names],
+        policy=policy,
+        health=HealthConfig(stall_factor=4, stall_min=0.5),
+        clock=clock,
+        rng=random.Random(0),
+    )
+    pool = balancer.pool("m")
+    for name, (latency, _in_flight, _quiet) in zip(names, routes, strict=True):
+        measured(balancer, name, latency)
+    quiet_until = {}
+    for name, (_latency, in_flight, quiet) in zip(names, routes, strict=True):
+        for _ in range(in_flight):
+            balancer.dispatch(balancer.routes[name])
+        quiet_until[name] = quiet
+    clock.advance(max(quiet_until.values()))
+    for _ in range(picks):
+        chosen = balancer.pick(pool)
+        assert chosen is not None
+        if balancer._stalled(chosen, clock()):
+            assert all(balancer._stalled(r, clock()) for r in pool.routes)

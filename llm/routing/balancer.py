@@ -54,6 +54,8 @@ class Balancer:
         self.lock = threading.Lock()
         self.policy: Policy = self._make_policy(policy)
         self.alpha = self.health_config.ewma_alpha
+        self.stall_factor = self.health_config.stall_factor
+        self.stall_min = self.health_config.stall_min
         self.routes: dict[str, RouteState] = {}
         for config in routes:
             health_state = RouteHealth(self.health_config.cooldown, self.health_config.max_cooldown)
@@ -118,9 +120,47 @@ class Balancer:
         lock = self.lock
         lock.acquire()
         try:
-            return self.policy.choose(pool, exclude, self.clock(), stream)
+            now = self.clock()
+            route = self.policy.choose(pool, exclude, now, stream)
+            if route is not None and route.in_flight and self._stalled(route, now, pool):
+                return self._instead_of_stalled(route, pool, exclude, now, stream)
+            return route
         finally:
             lock.release()
+
+    def _stalled(self, route: RouteState, now: float, pool: Pool | None = None) -> bool:
+        """Requests in flight and none ended for ``stall_factor`` times its usual latency (at
+        least ``stall_min``): a server that accepts and then hangs looks like this long before
+        the first of those requests times out. A route not measured yet is held to the slowest
+        average of its pool's measured routes; with none measured, nothing is stalled."""
+        if not route.in_flight or not self.stall_factor:
+            return False
+        expected = route.latency_ewma
+        if expected is None:
+            known = [r.latency_ewma for r in (pool.routes if pool else ()) if r.latency_ewma]
+            if not known:
+                return False
+            expected = max(known)
+        quiet = now - max(route.busy_since, route.last_done)
+        return quiet > max(self.stall_min, self.stall_factor * expected)
+
+    def _instead_of_stalled(
+        self,
+        stalled: RouteState,
+        pool: Pool,
+        exclude: Container[RouteState],
+        now: float,
+        stream: bool,
+    ) -> RouteState:
+        """Another choice of the policy that is not stalled; the stalled one if there is none
+        (a stalled route is slow to answer, not known to be down: it is not ejected)."""
+        skipped = {stalled}
+        avoid = _Either(exclude, skipped)
+        while (other := self.policy.choose(pool, avoid, now, stream)) is not None:
+            if not self._stalled(other, now, pool):
+                return other
+            skipped.add(other)
+        return stalled
 
     def force(self, routes: Collection[RouteState]) -> RouteState | None:
         """When nothing is available: the route whose cooldown (or Retry-After) ends first."""
@@ -143,6 +183,8 @@ class Balancer:
         lock.acquire()
         try:
             now = self.clock()
+            if not route.in_flight:
+                route.busy_since = now
             route.in_flight += 1
             route.requests += 1
             return route.health.on_dispatch(now)
@@ -160,8 +202,10 @@ class Balancer:
         lock = self.lock
         lock.acquire()
         try:
+            now = self.clock()
             route.in_flight -= 1
             route.successes += 1
+            route.last_done = now
             was_healthy = health.healthy
             health.on_success(started_at)
             if latency is not None:
@@ -171,7 +215,7 @@ class Balancer:
                 old = route.ttft_ewma
                 route.ttft_ewma = ttft if old is None else old + self.alpha * (ttft - old)
             if latency is not None or ttft is not None:
-                route.last_sample_at = self.clock()
+                route.last_sample_at = now
         finally:
             lock.release()
         if not was_healthy and health.healthy:
@@ -189,6 +233,7 @@ class Balancer:
             now = self.clock()
             route.in_flight -= 1
             route.failures += 1
+            route.last_done = now
             route.last_error = reason
             min_cooldown = retry_after or 0.0
             if retry_after is not None:
@@ -206,6 +251,7 @@ class Balancer:
         lock.acquire()
         try:
             route.in_flight -= 1
+            route.last_done = self.clock()
             route.health.on_neutral(started_at)
         finally:
             lock.release()
@@ -239,3 +285,16 @@ class Balancer:
 
 def _ready_at(route: RouteState) -> float:
     return max(route.health.ejected_until, route.retry_after_until)
+
+
+class _Either:
+    """``in``: in the caller's exclusions or in the routes skipped as stalled."""
+
+    __slots__ = ("first", "second")
+
+    def __init__(self, first: Container[RouteState], second: Container[RouteState]) -> None:
+        self.first = first
+        self.second = second
+
+    def __contains__(self, route: object) -> bool:
+        return route in self.first or route in self.second

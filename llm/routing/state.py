@@ -19,12 +19,14 @@ class RouteState:
     """Mutable per-route record. ``index`` is the position in the route's pool."""
 
     __slots__ = (
+        "busy_since",
         "config",
         "current_weight",
         "failures",
         "health",
         "in_flight",
         "index",
+        "last_done",
         "last_error",
         "last_probe_at",
         "last_sample_at",
@@ -54,6 +56,8 @@ class RouteState:
         self.last_error: str | None = None
         self.retry_after_until = float("-inf")
         self.current_weight = 0.0
+        self.busy_since = float("-inf")  # when in_flight last went from 0 to 1
+        self.last_done = float("-inf")  # when a request to it last ended, however
 
     def __repr__(self) -> str:
         return f"<RouteState {self.name} {'healthy' if self.health.healthy else 'ejected'}>"

@@ -254,7 +254,8 @@ def chaos_config(fleet: Fleet) -> dict[str, Any]:
             "lb_policy": "round_robin",  # the faulty route keeps its share of the traffic
             "params": {"max_tokens": 8, "timeout": TIMEOUT, "deadline": DEADLINE},
             "retry": {"backoff_initial": 0.02, "backoff_max": 0.1, "retry_after_max": 0.5},
-            "health": {"cooldown": 0.25, "max_cooldown": 1.0},
+            # stall_min scaled down with the 10 ms answers (1 s by default, for answers of seconds)
+            "health": {"cooldown": 0.25, "max_cooldown": 1.0, "stall_min": 0.05},
         }
     }
 
