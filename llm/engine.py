@@ -710,13 +710,20 @@ class AsyncEngine(EngineBase):
         while (route := plan.next()) is not None:
             if plan.delay > 0:
                 await self.sleep(plan.delay)
-            content = self._content(body, route.config)
+            payload = self._content(body, route.config)
             started = plan.start(route)
             try:
-                answer = await self._send(route, spec, content, plan.timeout)
+                answer = await self._send(route, spec, payload, plan.timeout)
                 response = answer if self._native is None else NativeResponse(answer)
                 try:
-                    content = await self._read(response, route.name, started, plan.timeout)
+                    # A declared length within the cap is read at once (no _read frame).
+                    content = (
+                        None
+                        if self._native is None
+                        else await response.read_declared(self.max_response_bytes)
+                    )
+                    if content is None:
+                        content = await self._read(response, route.name, started, plan.timeout)
                 finally:
                     await response.aclose()
             except RouteError as failure:  # from _read

@@ -109,6 +109,16 @@ class VLLMOpenAIProvider:
         stream: bool,
     ) -> CallSpec:
         body = dict(self.config.params)
+        if not options:  # the common call: the config's defaults and nothing else
+            body.update(payload)
+            body.pop("model", None)
+            if stream:
+                body["stream"] = True
+                body.setdefault("stream_options", {"include_usage": True})
+            else:
+                body.pop("stream", None)
+                body.pop("stream_options", None)
+            return CallSpec(path=path, body=body, stream=stream)
         extra: Mapping[str, Any] | None = None
         for key, value in options.items():
             if key in CONTROL_KEYS:
