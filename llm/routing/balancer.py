@@ -15,6 +15,10 @@ The request life cycle, as the engines drive it::
     balancer.succeeded(route, started, latency=..., ttft=...)
     balancer.failed(route, started, "connect error", retry_after=...)   # ejects
     balancer.finished(route, started)                # neither: the caller's fault or a cancel
+
+``pick`` asks the policy, then steps around a *stalled* route: one with requests in flight and
+none ending for ``stall_factor`` times its usual latency. A server that accepts and hangs
+would otherwise collect its share of every new request until the first of them times out.
 """
 
 from __future__ import annotations
