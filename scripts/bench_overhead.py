@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", default="docs", help="where --write puts its files")
     args = parser.parse_args(argv)
 
+    micro_results = None
+    if args.write:  # first, while the machine is cool: it times microseconds
+        progress("routing micro-benchmark and import time")
+        micro_results = micro.run()
     figures = overhead.benchmark(
         rounds=args.rounds,
         requests=args.requests,
@@ -67,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     progress("memory: 10,000 calls")
     growth = overhead.rss_growth()
-    progress("routing micro-benchmark and import time")
-    micro_results = micro.run()
+    assert micro_results is not None
     progress("least-latency experiment")
     policy_report = policy.run_all(live=True)
     print(policy.render_text(policy_report))
