@@ -132,7 +132,9 @@ the ratios hold.
 Two fake vLLM servers in child processes (20 ms per answer, 16 tokens), calls alternating
 between them; async clients keep 64 calls in flight, sync ones run 16 threads. Every client
 parses every answer (for streams: every event) as an application would. Clients take turns
-over {rounds} rounds in rotating order, and the median round is shown. The provider's figures
+over {rounds} rounds in rotating order; the CPU column is each client's lowest round (on a
+shared machine, noise only ever adds CPU time; all rounds are in `--json`), the rate is the
+median round. The provider's figures
 include everything it does per call: checking the call, routing, health bookkeeping, the
 retry plan, decoding, the typed result.
 
