@@ -75,7 +75,7 @@ _LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=256, keep
 # a connection the server is about to close, which would look like a route failure.
 
 _SYNC_IO_ERRORS: tuple[type[BaseException], ...] = (httpx.HTTPError, OSError)
-_HTTPX_IO_ERRORS: tuple[type[BaseException], ...] = (httpx.HTTPError, OSError)
+_HTTPX_IO_ERRORS = _SYNC_IO_ERRORS  # the async engine's until it first uses aiohttp
 _loads = json.loads
 
 

@@ -109,16 +109,6 @@ class VLLMOpenAIProvider:
         stream: bool,
     ) -> CallSpec:
         body = dict(self.config.params)
-        if not options:  # the common call: the config's defaults and nothing else
-            body.update(payload)
-            body.pop("model", None)
-            if stream:
-                body["stream"] = True
-                body.setdefault("stream_options", {"include_usage": True})
-            else:
-                body.pop("stream", None)
-                body.pop("stream_options", None)
-            return CallSpec(path=path, body=body, stream=stream)
         extra: Mapping[str, Any] | None = None
         for key, value in options.items():
             if key in CONTROL_KEYS:
@@ -141,8 +131,8 @@ class VLLMOpenAIProvider:
         else:
             body.pop("stream", None)
             body.pop("stream_options", None)
-        deadline = options.get("deadline")
-        max_retries = options.get("max_retries")
+        if not options:  # the common call: the config's defaults and nothing else
+            return CallSpec(path=path, body=body, stream=stream)
         check_controls(options)
         return CallSpec(
             path=path,
@@ -150,8 +140,8 @@ class VLLMOpenAIProvider:
             stream=stream,
             model=options.get("model"),
             route=options.get("route"),
-            deadline=deadline,
-            max_retries=max_retries,
+            deadline=options.get("deadline"),
+            max_retries=options.get("max_retries"),
         )
 
     def _chat_spec(
