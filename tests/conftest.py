@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from llm.config import HealthConfig, RouteConfig
-from llm.routing import Balancer
+from llm.routing import Balancer, Pool
 
 
 class FakeClock:
@@ -64,3 +64,13 @@ def make_balancer(clock: FakeClock) -> MakeBalancer:
         )
 
     return make
+
+
+def picks(balancer: Balancer, pool: Pool, n: int, **kw: Any) -> list[str]:
+    """The names of ``n`` routes picked in a row (none dispatched); ``kw`` goes to ``pick``."""
+    names = []
+    for _ in range(n):
+        route = balancer.pick(pool, **kw)
+        assert route is not None
+        names.append(route.name)
+    return names

@@ -6,19 +6,10 @@ import itertools
 from collections import Counter
 
 import pytest
-from conftest import FakeClock, MakeBalancer, route_config
+from conftest import FakeClock, MakeBalancer, picks, route_config
 
 from llm.config import HealthConfig
-from llm.routing import Balancer, LeastLatency, Pool, RoundRobin, RouteState
-
-
-def picks(balancer: Balancer, pool: Pool, n: int, **kw: object) -> list[str]:
-    names = []
-    for _ in range(n):
-        route = balancer.pick(pool, **kw)  # type: ignore[arg-type]
-        assert route is not None
-        names.append(route.name)
-    return names
+from llm.routing import Balancer, LeastLatency, RoundRobin, RouteState
 
 
 def eject(balancer: Balancer, route: RouteState) -> None:
@@ -122,6 +113,16 @@ def test_weighted_round_robin_interleaves(
     assert pool is not None
     names = picks(balancer, pool, 120)
     assert max_run(names) <= 2
+
+
+def test_weighted_round_robin_order_is_the_documented_one(make_balancer: MakeBalancer) -> None:
+    # README "Routing policies": weights 1, 2, 3 give c b a c b c in every period
+    balancer = make_balancer(
+        *(route_config(n, weight=w) for n, w in zip("abc", (1, 2, 3), strict=True))
+    )
+    pool = balancer.pool("m")
+    assert pool is not None
+    assert "".join(picks(balancer, pool, 18)) == "cbacbc" * 3
 
 
 def test_weighted_round_robin_skips_an_ejected_route(make_balancer: MakeBalancer) -> None:

@@ -8,7 +8,8 @@
   hard case). A model kept by the test, in event order, says what must happen; invariants
   compare it with the balancer after every step.
 - ``@given`` tests for the pure pieces: ``cooldown_for``, ``backoff_delay``, round-robin and
-  smooth-weighted fairness, least-latency choice, and ``CallPlan`` (Retry-After, deadline).
+  weighted fairness (earliest deadline first), least-latency choice, and ``CallPlan``
+  (Retry-After, deadline).
 - Two example tests pin the bugs the state machine found (events at one clock reading; one
   trial at a time with forced requests).
 - 64 threads hammering one Balancer with the real clock: counters add up exactly.
@@ -25,7 +26,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from conftest import FakeClock, route_config
+from conftest import FakeClock, picks, route_config
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -48,6 +49,7 @@ from llm.routing import (
     backoff_delay,
 )
 from llm.routing.health import cooldown_for
+from llm.routing.indexes import DeadlineSchedule
 
 PROPERTY = settings(max_examples=150, deadline=None, derandomize=True)
 STATEFUL = settings(
@@ -506,7 +508,7 @@ class WeightedMachine(BalancerMachine):
 
 class LeastLatencyMachine(BalancerMachine):
     POLICY = "least_latency"
-    WEIGHTS = (1, 1, 1)
+    WEIGHTS = (1, 1, 1, 1, 1)  # five: heaps of more than a couple of entries
 
 
 TestRoundRobinMachine = BalancerMachine.TestCase
@@ -547,13 +549,13 @@ def recover(balancer: Balancer, route: RouteState) -> None:
     assert route.health.healthy
 
 
-def pick_names(balancer: Balancer, pool: Pool, n: int) -> list[str]:
-    names = []
-    for _ in range(n):
-        route = balancer.pick(pool)
-        assert route is not None
-        names.append(route.name)
-    return names
+def deadlines(pool: Pool) -> dict[RouteState, float]:
+    """When each route not parked is next due in a weighted pool (earliest deadline first)."""
+    schedule = pool.index
+    if schedule is None:  # no pick yet: every route is due half a turn from the start
+        return {r: 0.5 / r.weight for r in pool.routes}
+    assert isinstance(schedule, DeadlineSchedule)
+    return {entry[2]: entry[0] for entry in schedule.heap}
 
 
 # -- regressions the state machine found ------------------------------------------------
@@ -621,7 +623,7 @@ def test_round_robin_gives_each_usable_route_exactly_k_of_k_times_n_picks(
     for i in ejected:
         eject(balancer, routes[i])
     usable = {r.name for i, r in enumerate(routes) if i not in ejected}
-    names = pick_names(balancer, pool, k * len(usable))
+    names = picks(balancer, pool, k * len(usable))
     assert Counter(names) == dict.fromkeys(usable, k)  # ejected routes get nothing
     # in turn, not in bursts: every window of len(usable) picks holds each usable route once
     for start in range(len(names) - len(usable) + 1):
@@ -634,7 +636,7 @@ def test_round_robin_gives_each_usable_route_exactly_k_of_k_times_n_picks(
     k=st.integers(1, 4),
     data=st.data(),
 )
-def test_smooth_weighted_round_robin_is_exact_per_period_and_close_in_every_prefix(
+def test_weighted_round_robin_is_exact_per_period_and_close_in_every_prefix(
     weights: list[int], k: int, data: st.DataObject
 ) -> None:
     clock = FakeClock()
@@ -644,11 +646,11 @@ def test_smooth_weighted_round_robin_is_exact_per_period_and_close_in_every_pref
         eject(balancer, routes[i])
     share = {r.name: weights[i] for i, r in enumerate(routes) if i not in ejected}
     total = sum(share.values())
-    names = pick_names(balancer, pool, k * total)
+    names = picks(balancer, pool, k * total)
     # each period of sum(weights) picks gives each usable route exactly its weight
     assert Counter(names) == {name: k * w for name, w in share.items()}
-    # in every prefix each route is within the smooth-WRR bound of its exact share:
-    # |picks - t * w / W| < max(1, usable - 1) (current weights stay in (-W, (usable-1) * W))
+    # in every prefix each route is close to its exact share: |picks - t * w / W| < 1 for two
+    # routes, below usable - 1 for more (each route's picks trail its deadlines by < 1 turn)
     bound = max(1, len(share) - 1)
     seen = Counter[str]()
     for t, name in enumerate(names, start=1):
@@ -669,8 +671,8 @@ def test_weighted_round_robin_skips_ejected_routes_without_unbalancing_the_rest(
     weights: list[float], history: list[tuple[str, set[int]]]
 ) -> None:
     """After any history of picks, ejections and recoveries, the routes still usable share
-    the picks by weight: the gap to the exact share stays below a constant fixed by the
-    current weights at the start (it does not grow with the number of picks)."""
+    the picks by weight: the gap to the exact share stays below a constant fixed by their
+    deadlines at the start (it does not grow with the number of picks)."""
     clock = FakeClock()
     balancer, pool, routes = make(clock, weights)
     for action, indexes in history:
@@ -687,14 +689,14 @@ def test_weighted_round_robin_skips_ejected_routes_without_unbalancing_the_rest(
         recover(balancer, routes[0])
         usable = [routes[0]]
     total = sum(r.weight for r in usable)
-    # smooth WRR keeps every current weight within [low, high] from here on:
-    # the chosen one drops to at least mean - total, the others only grow, the sum is constant
-    current = [r.current_weight for r in usable]
-    low = min([*current, sum(current) / len(usable) + total / len(usable) - total])
-    high = max([*current, sum(current) - (len(usable) - 1) * low])
-    bound = (high - low) / total + 1e-9
+    # Earliest deadline first: each usable route is due at its deadline, then every 1/weight.
+    # Routes whose deadlines start at most `spread` apart drift from their exact shares by at
+    # most weight * spread plus one pick of each route, whatever the number of picks.
+    due = deadlines(pool)
+    spread = max(due[r] for r in usable) - min(due[r] for r in usable)
+    bound = max(r.weight for r in usable) * spread + len(usable) + 1e-9
     seen = Counter[str]()
-    for t, name in enumerate(pick_names(balancer, pool, 60 * len(usable)), start=1):
+    for t, name in enumerate(picks(balancer, pool, 60 * len(usable)), start=1):
         seen[name] += 1
         for route in usable:
             assert abs(seen[route.name] - t * route.weight / total) <= bound

@@ -4,7 +4,7 @@ How this works
 --------------
 **Routing** (``measure_routing``). One balancer, one pool of 2, 10 or 100 routes of one model,
 under each policy: ``round_robin`` (equal weights), ``weighted_round_robin`` (the same policy
-with unequal weights, so smooth weighted round robin) and ``least_latency`` (every route with a
+with unequal weights, scheduled earliest deadline first) and ``least_latency`` (every route with a
 latency sample, as in steady state). Optionally the first half of the pool is ejected (with a
 cooldown of an hour, so it stays ejected). Each route first gets one request, so every figure is
 the steady state. Two loops are timed with ``time.perf_counter_ns`` (garbage collector off; best
@@ -23,8 +23,9 @@ Their difference is the ``CallPlan``'s own overhead. There is no routing path ou
 is used, as in production. The figures include the timing loop itself (a few tens of ns).
 
 ``routes_examined`` is the same work without a timer: it counts the routes the policy looks at per
-pick (the pool's routes are replaced by a tuple that counts its reads), the measure of work that
-must not grow with the number of routes, and the one the tests assert on.
+pick (each route's health counts the policy's reads of ``healthy``, the first thing it checks of
+a route, whether it scans the pool or takes routes off a heap), the measure of work that must
+not grow with the number of routes, and the one the tests assert on.
 
 **Import time** (``measure_import_time``). The median wall time of ``python -c "<code>"`` over
 ``runs`` fresh interpreters (after two warm-up runs), for ``pass`` (the interpreter alone),
@@ -100,19 +101,49 @@ class RoutingFigure:
         return self.call_us - self.pick_report_us
 
 
-class _CountingRoutes(tuple[RouteState, ...]):
-    """A pool's routes that count how many times a policy looks at one of them."""
+class _Tally:
+    """How many times a policy looked at a route's health while choosing."""
 
-    looked_at = 0
+    def __init__(self) -> None:
+        self.looked_at = 0
+        self.choosing = False
 
-    def __getitem__(self, index: Any) -> Any:
-        self.looked_at += 1 if isinstance(index, int) else len(range(len(self))[index])
-        return super().__getitem__(index)
 
-    def __iter__(self) -> Iterator[RouteState]:
-        for route in super().__iter__():
-            self.looked_at += 1
-            yield route
+class _CountingHealth:
+    """A route's health that counts the policy's looks (reads of ``healthy`` while it
+    chooses); everything else goes to the real one."""
+
+    __slots__ = ("_health", "_tally")
+
+    def __init__(self, health: Any, tally: _Tally) -> None:
+        object.__setattr__(self, "_health", health)
+        object.__setattr__(self, "_tally", tally)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "healthy" and self._tally.choosing:
+            self._tally.looked_at += 1
+        return getattr(self._health, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._health, name, value)
+
+
+def _count_looks(balancer: Balancer) -> _Tally:
+    """Make every route of ``balancer`` count the policy's looks at it."""
+    tally = _Tally()
+    for route in balancer.routes.values():
+        route.health = _CountingHealth(route.health, tally)  # type: ignore[assignment]
+    choose = balancer.policy.choose
+
+    def counting_choose(*args: Any) -> RouteState | None:
+        tally.choosing = True
+        try:
+            return choose(*args)
+        finally:
+            tally.choosing = False
+
+    balancer.policy.choose = counting_choose  # type: ignore[method-assign,assignment]
+    return tally
 
 
 @dataclass
@@ -129,11 +160,10 @@ def make_setup(
     routes: int,
     ejected: int = 0,
     *,
-    counting: bool = False,
     clock: Callable[[], float] = time.monotonic,
 ) -> Setup:
     """A balancer of ``routes`` routes of one model, each used once, the first ``ejected``
-    ejected for an hour. ``counting`` makes the pool count the routes a policy looks at."""
+    ejected for an hour."""
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; known: {', '.join(POLICIES)}")
     if not 0 <= ejected < routes:
@@ -163,8 +193,6 @@ def make_setup(
         balancer.succeeded(route, started, setup.latency[route])
     for route in pool.routes[:ejected]:
         balancer.failed(route, balancer.dispatch(route), "ejected by the benchmark")
-    if counting:
-        pool.routes = _CountingRoutes(pool.routes)
     return setup
 
 
@@ -259,13 +287,12 @@ def time_step(step: Step, *, number: int | None = None, repeat: int = 15) -> flo
 
 def routes_examined(policy: str, routes: int, ejected: int = 0, picks: int = 1000) -> float:
     """Routes the policy looks at per pick, over ``picks`` pick + report cycles."""
-    setup = make_setup(policy, routes, ejected, counting=True)
-    counted = setup.pool.routes
-    assert isinstance(counted, _CountingRoutes)
+    setup = make_setup(policy, routes, ejected)
+    tally = _count_looks(setup.balancer)
     step = pick_and_report(setup)
     for _ in range(picks):
         step()
-    return counted.looked_at / picks
+    return tally.looked_at / picks
 
 
 def ejected_counts(routes: int) -> tuple[int, ...]:

@@ -220,6 +220,8 @@ class Balancer:
                 route.ttft_ewma = ttft if old is None else old + self.alpha * (ttft - old)
             if latency is not None or ttft is not None:
                 route.last_sample_at = now
+            for watcher in route.watchers:
+                watcher.changed(route, latency is not None, ttft is not None)
         finally:
             lock.release()
         if not was_healthy and health.healthy:
@@ -270,6 +272,8 @@ class Balancer:
             if healthy:
                 if not health.healthy:
                     health.ejected_until = min(health.ejected_until, now)
+                    for watcher in route.watchers:
+                        watcher.changed(route)
                 return
             if not health.healthy:
                 return

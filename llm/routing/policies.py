@@ -3,12 +3,17 @@
 A policy is any object with ``name`` and ``choose(pool, exclude, now, stream)``; it returns a
 route of ``pool`` that is available (healthy or free for a trial) and not in ``exclude``, or
 None when there is none. Policies are called under the balancer's lock and may keep state in
-the pool (the round-robin cursor) and in the route records (smooth-weighted counters, probe
+the pool (the round-robin cursor, an index of its routes) and in the route records (probe
 times). Adding a policy is one class plus an entry in ``POLICIES``.
 
 - ``RoundRobin``: the next eligible route after the cursor, so ejected routes are skipped
-  without unbalancing the others. Routes with unequal ``weight`` use smooth weighted round
-  robin (nginx's algorithm): the same spread, interleaved rather than in bursts.
+  without unbalancing the others. Routes with unequal ``weight`` are scheduled earliest
+  deadline first (``indexes.DeadlineSchedule``): a route that has had ``k`` picks is due at
+  ``(k + 0.5) / weight`` and the eligible route due first gets the pick (pool order on a
+  tie), so shares follow the weights, interleaved (weights 1, 2, 3 give ``c b a c b c`` in
+  every period). A route that was unavailable when its turn came keeps its place, unless the
+  schedule moved past it meanwhile: then it starts again half a turn after the last pick, so
+  it does not catch up in a burst.
 - ``LeastLatency``: the route with the lowest EWMA of latency (time to first token for
   streams). Routes with no measurement yet come first, least loaded first, so a cold start
   spreads out instead of stampeding one route. A route other than the fastest whose last
@@ -20,8 +25,10 @@ times). Adding a policy is one class plus an entry in ``POLICIES``.
   route's EWMA and ``s`` the stale one's; so re-probes add about ``probe_budget`` (10 %) at
   most to the mean latency, whatever the rate. At a high rate the interval is what spaces
   them, at a low rate the budget (without it, at one call every few seconds most calls were
-  re-probes of the slow routes). ``picks`` lives in the policy (``since_probe``, per pool);
-  a pick stays one pass over the pool.
+  re-probes of the slow routes). ``picks`` lives in the policy (``since_probe``, per pool).
+
+Neither scans the pool: ``indexes.py`` keeps its routes in heaps (by deadline; by latency, by
+time to first token and by last measurement), so a pick costs the same at 100 routes as at 2.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Container
 from typing import Protocol
 
+from .indexes import DeadlineSchedule, LatencyIndex, since, usable
 from .state import Pool, RouteState
 
 
@@ -47,7 +55,10 @@ class RoundRobin:
         self, pool: Pool, exclude: Container[RouteState], now: float, stream: bool
     ) -> RouteState | None:
         if pool.weighted:
-            return self._choose_weighted(pool, exclude, now)
+            schedule = pool.index
+            if not isinstance(schedule, DeadlineSchedule):
+                schedule = pool.index = DeadlineSchedule(pool.routes)
+            return schedule.pick(now, exclude)
         routes = pool.routes
         n = len(routes)
         start = pool.cursor
@@ -59,27 +70,6 @@ class RoundRobin:
                 pool.cursor = position + 1
                 return route
         return None
-
-    @staticmethod
-    def _choose_weighted(
-        pool: Pool, exclude: Container[RouteState], now: float
-    ) -> RouteState | None:
-        best: RouteState | None = None
-        best_weight = 0.0
-        total = 0.0
-        for route in pool.routes:
-            health = route.health
-            if (not health.healthy and not health.available(now)) or route in exclude:
-                continue
-            weight = route.weight
-            current = route.current_weight + weight
-            route.current_weight = current
-            total += weight
-            if best is None or current > best_weight:
-                best, best_weight = route, current
-        if best is not None:
-            best.current_weight -= total
-        return best
 
 
 class LeastLatency:
@@ -96,52 +86,36 @@ class LeastLatency:
     def choose(
         self, pool: Pool, exclude: Container[RouteState], now: float, stream: bool
     ) -> RouteState | None:
-        best: RouteState | None = None
-        best_score = float("inf")
-        cold: RouteState | None = None
-        # the two stale routes measured (or re-probed) longest ago: one is not the fastest
-        stale: RouteState | None = None
-        stale_next: RouteState | None = None
-        reprobe_before = now - self.reprobe_interval
-        for route in pool.routes:
-            health = route.health
-            if (not health.healthy and not health.available(now)) or route in exclude:
-                continue
-            score = route.ttft_ewma if stream else route.latency_ewma
-            if score is None:
-                if cold is None or route.in_flight < cold.in_flight:
-                    cold = route
-                continue
-            if route.last_sample_at < reprobe_before and route.last_probe_at < reprobe_before:
-                if stale is None or _since(route) < _since(stale):
-                    stale, stale_next = route, stale
-                elif stale_next is None or _since(route) < _since(stale_next):
-                    stale_next = route
-            if score < best_score:
-                best, best_score = route, score
+        index = pool.index
+        if not isinstance(index, LatencyIndex):
+            if len(pool.routes) == 1:  # a pinned route, the fallback: nothing to rank
+                route = pool.routes[0]
+                return route if usable(route, now) and route not in exclude else None
+            index = pool.index = LatencyIndex(pool.routes)
+        if index.waiting:
+            index.release(now)
         since_probe = self.since_probe
         picks = since_probe.get(pool, 0)
-        if cold is not None:
-            since_probe[pool] = picks + 1
-            return cold
+        if index.cold_ttft if stream else index.cold_latency:
+            cold = index.coldest(now, exclude, stream)
+            if cold is not None:
+                since_probe[pool] = picks + 1
+                return cold
+        best = index.fastest(now, exclude, stream)
         if best is None:
             return None
-        if stale is best:
-            stale = stale_next
-        if stale is not None:
+        stale = index.stalest(now, exclude, best)
+        if stale is not best and since(stale) < now - self.reprobe_interval:
+            best_score = (best.ttft_ewma if stream else best.latency_ewma) or 0.0
             cost = (stale.ttft_ewma if stream else stale.latency_ewma) or 0.0
             # the re-probe's expected extra cost, within the budget of the picks since the last
             if picks * self.probe_budget * best_score >= cost - best_score:
                 stale.last_probe_at = now
+                index.probed(stale)
                 since_probe[pool] = 0
                 return stale
         since_probe[pool] = picks + 1
         return best
-
-
-def _since(route: RouteState) -> float:
-    """When the route was last measured or re-probed."""
-    return max(route.last_sample_at, route.last_probe_at)
 
 
 POLICIES: dict[str, type[RoundRobin] | type[LeastLatency]] = {

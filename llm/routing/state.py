@@ -9,23 +9,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import RouteConfig
 from .health import RouteHealth
 
+if TYPE_CHECKING:
+    from .indexes import Watcher
+
 
 class RouteState:
-    """Mutable per-route record. ``index`` is the position in the route's pool."""
+    """Mutable per-route record."""
 
     __slots__ = (
         "busy_since",
         "config",
-        "current_weight",
         "failures",
         "health",
         "in_flight",
-        "index",
         "last_done",
         "last_error",
         "last_probe_at",
@@ -36,6 +37,7 @@ class RouteState:
         "retry_after_until",
         "successes",
         "ttft_ewma",
+        "watchers",
         "weight",
     )
 
@@ -44,7 +46,6 @@ class RouteState:
         self.name = config.name
         self.weight = config.weight
         self.health = health
-        self.index = 0
         self.requests = 0
         self.successes = 0
         self.failures = 0
@@ -55,7 +56,7 @@ class RouteState:
         self.last_probe_at = float("-inf")
         self.last_error: str | None = None
         self.retry_after_until = float("-inf")
-        self.current_weight = 0.0
+        self.watchers: tuple[Watcher, ...] = ()  # indexes of pools holding it (indexes.py)
         self.busy_since = float("-inf")  # when in_flight last went from 0 to 1
         self.last_done = float("-inf")  # when a request to it last ended, however
 
@@ -90,10 +91,12 @@ def _ms(seconds: float | None) -> float | None:
 
 @dataclass(eq=False)
 class Pool:
-    """Routes that can serve one model, in config order, plus the round-robin cursor."""
+    """Routes that can serve one model, in config order, plus the round-robin cursor and the
+    policy's index of them (``indexes.py``; made on the first pick that needs one)."""
 
     model: str
     routes: Sequence[RouteState]
     weighted: bool = False
     cursor: int = 0
     names: frozenset[str] = field(default_factory=frozenset)
+    index: object = None
