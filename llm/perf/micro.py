@@ -511,7 +511,10 @@ def render_markdown(results: MicroResults) -> str:
             "balancer's share of a successful attempt; *per call* adds what the engine does "
             "around it (the model's pool, a `CallPlan`, `next`, `start`, `succeeded` and the "
             "`Attempt` record); *routes examined / pick* counts the routes the policy looked "
-            "at per pick (counted, not timed). "
+            "at per pick (counted, not timed). No policy scans the pool: round robin moves a "
+            "cursor; weighted round robin (earliest deadline first) and least latency take "
+            "routes off per-pool heaps (`llm/routing/indexes.py`), where an ejected route is "
+            "parked the first time it comes up and waits out its cooldown off the heaps. "
             f"Target: pick + report <= {TARGET_US:g} µs at 2 and at 100 routes "
             f"(worst measured here: {worst_text} routes).",
             "",
