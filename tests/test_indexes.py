@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from conftest import FakeClock, MakeBalancer, picks, route_config
@@ -173,3 +175,43 @@ def test_a_route_in_a_pinned_call_still_moves_in_its_pool_s_index(
         balancer.succeeded(r1, balancer.dispatch(r1), latency=0.001)
     assert balancer.pick(pool) is r1
     assert len(r1.watchers) == 1  # only pools of more than one route keep an index
+
+
+class _CountingRoutes(tuple[RouteState, ...]):
+    """A pool's routes that count every read."""
+
+    reads = 0
+
+    def __getitem__(self, index: Any) -> Any:
+        self.reads += 1
+        return super().__getitem__(index)
+
+    def __iter__(self) -> Iterator[RouteState]:
+        self.reads += 1
+        return super().__iter__()
+
+
+def test_a_cold_start_with_calls_in_flight_does_not_read_the_pool(
+    make_balancer: MakeBalancer, clock: FakeClock
+) -> None:
+    """Least latency at a cold start: every route unmeasured and busy. Neither the policy nor
+    the stall check (which holds an unmeasured route to the pool's slowest average, but only
+    once it has been quiet for stall_min) goes through the pool's routes per pick."""
+    balancer = make_balancer(
+        *(f"r{i}" for i in range(50)), policy="least_latency", health=HealthConfig()
+    )
+    pool = balancer.pool("m")
+    assert pool is not None
+    for _ in range(100):  # two calls in flight on every route, none answered yet
+        route = balancer.pick(pool)
+        assert route is not None
+        balancer.dispatch(route)
+    counted = _CountingRoutes(pool.routes)
+    pool.routes = counted
+    for _ in range(200):
+        clock.advance(0.001)
+        assert balancer.pick(pool) is not None
+    assert counted.reads == 0
+    clock.advance(5.0)  # now quiet for longer than stall_min: the stall check does look
+    balancer.pick(pool)
+    assert counted.reads > 0

@@ -139,14 +139,16 @@ class Balancer:
         average of its pool's measured routes; with none measured, nothing is stalled."""
         if not route.in_flight or not self.stall_factor:
             return False
+        quiet = now - max(route.busy_since, route.last_done)
+        if quiet <= self.stall_min:
+            return False  # decided without looking at the pool (the common case)
         expected = route.latency_ewma
         if expected is None:
             known = [r.latency_ewma for r in (pool.routes if pool else ()) if r.latency_ewma]
             if not known:
                 return False
             expected = max(known)
-        quiet = now - max(route.busy_since, route.last_done)
-        return quiet > max(self.stall_min, self.stall_factor * expected)
+        return quiet > self.stall_factor * expected
 
     def _instead_of_stalled(
         self,
