@@ -4,6 +4,7 @@ speed targets live in the benchmark, not in timed unit tests)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import threading
@@ -170,6 +171,33 @@ def test_render_markdown_has_a_row_per_figure_and_the_import_table() -> None:
     assert data["routing"][0]["plan_overhead_us"] == pytest.approx(
         data["routing"][0]["call_us"] - data["routing"][0]["pick_report_us"]
     )
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_litellm_is_timed_for_reference_only_when_installed(
+    monkeypatch: pytest.MonkeyPatch, installed: bool
+) -> None:
+    found = importlib.util.find_spec("json")
+    monkeypatch.setattr(
+        micro.importlib.util, "find_spec", lambda name, *a: found if installed else None
+    )
+    codes = micro.import_codes()
+    assert codes[: len(micro.IMPORT_CODES)] == micro.IMPORT_CODES
+    assert (micro.LITELLM_IMPORT in codes) == installed
+
+
+def test_render_markdown_compares_with_litellm_when_it_was_timed() -> None:
+    figures = [
+        micro.ImportFigure("import llm", "import llm", 30.0, 28.0, 3),
+        micro.ImportFigure("entry", micro.FACTORY_IMPORT, 150.0, 140.0, 3),
+        micro.ImportFigure(*micro.LITELLM_IMPORT, 3000.0, 2900.0, 3),
+    ]
+    text = micro.render_markdown(micro.MicroResults(imports=figures))
+    assert "| `import litellm` | 3000.0 | 2900.0 |" in text
+    assert "`import llm` takes 0.010× the time of `import litellm`" in text
+    assert f"`{micro.FACTORY_IMPORT}` 0.050×" in text
+    without = micro.render_markdown(micro.MicroResults(imports=figures[:2]))
+    assert "litellm" not in without
 
 
 def test_measure_import_time_and_loaded_modules_run() -> None:

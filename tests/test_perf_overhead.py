@@ -69,3 +69,23 @@ def test_every_client_makes_its_calls(servers, client, stream):
     if stream:
         assert len(measured.ttfts) == 24  # every stream saw its first token
         assert all(t <= total for t, total in zip(measured.ttfts, measured.latencies, strict=False))
+
+
+@pytest.mark.parametrize("missing", [set(), {"litellm"}, {"openai", "litellm"}])
+def test_optional_clients_are_listed_only_when_their_package_is_installed(monkeypatch, missing):
+    import importlib.util
+
+    from llm.perf import overhead
+
+    found = importlib.util.find_spec
+    monkeypatch.setattr(
+        overhead.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in missing else found("json"),
+    )
+    clients = available_clients()
+    assert ("litellm-router" in clients) == ("litellm" not in missing)
+    assert ("openai-async" in clients) == ("openai" not in missing)
+    assert {"aiohttp", "httpx-async", "provider-async", "httpx-sync", "provider-sync"} <= set(
+        clients
+    )

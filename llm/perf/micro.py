@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import math
 import os
@@ -75,6 +76,12 @@ IMPORT_CODES: tuple[tuple[str, str], ...] = (
     ("import loguru", "import loguru"),
     ("import yaml", "import yaml"),
     ("the entry point", FACTORY_IMPORT),
+)
+# Measured too when installed, for reference (not a dependency; its price table from the
+# package, as this machine has no network).
+LITELLM_IMPORT = (
+    "LiteLLM (reference)",
+    "import os; os.environ.setdefault('LITELLM_LOCAL_MODEL_COST_MAP', 'True'); import litellm",
 )
 # Modules that a plain ``import llm`` must not load.
 MUST_STAY_UNLOADED = ("aiohttp", "openai", "httpx_aiohttp", "httpx", "yaml", "loguru", "asyncio")
@@ -380,6 +387,13 @@ def _python(code: str, env: dict[str, str], *flags: str) -> subprocess.Completed
     )
 
 
+def import_codes() -> tuple[tuple[str, str], ...]:
+    """The imports to time: ``IMPORT_CODES``, and LiteLLM's when it is installed."""
+    if importlib.util.find_spec("litellm") is None:
+        return IMPORT_CODES
+    return (*IMPORT_CODES, LITELLM_IMPORT)
+
+
 def measure_import_time(
     runs: int = 10, codes: Sequence[tuple[str, str]] = IMPORT_CODES
 ) -> list[ImportFigure]:
@@ -482,7 +496,8 @@ def run(
     if routing:
         results.routing = measure_routing(number=200 if quick else None, repeat=2 if quick else 15)
     if imports:
-        results.imports = measure_import_time(runs=2 if quick else import_runs)
+        runs = 2 if quick else import_runs
+        results.imports = measure_import_time(runs=runs, codes=import_codes())
         results.loaded = loaded_modules()
         results.profile = import_profile(runs=1 if quick else 5)
         results.factory_profile = import_profile(FACTORY_IMPORT, top=10, runs=1 if quick else 5)
@@ -541,8 +556,19 @@ def render_markdown(results: MicroResults) -> str:
             "|---|---:|---:|",
         ]
         for i in results.imports:
-            lines.append(f"| `{i.code}` | {i.median_ms:.1f} | {i.min_ms:.1f} |")
+            shown = "import litellm" if i.code == LITELLM_IMPORT[1] else i.code
+            lines.append(f"| `{shown}` | {i.median_ms:.1f} | {i.min_ms:.1f} |")
         lines.append("")
+        by_code = {i.code: i.median_ms for i in results.imports}
+        if LITELLM_IMPORT[1] in by_code and "import llm" in by_code:
+            lines += [
+                f"`import llm` takes {by_code['import llm'] / by_code[LITELLM_IMPORT[1]]:.3f}× "
+                f"the time of `import litellm`, and `{FACTORY_IMPORT}` "
+                f"{by_code.get(FACTORY_IMPORT, 0.0) / by_code[LITELLM_IMPORT[1]]:.3f}× "
+                "(LiteLLM imported with its bundled price table, "
+                "`LITELLM_LOCAL_MODEL_COST_MAP=True`).",
+                "",
+            ]
     if results.loaded:
         loaded = [m for m, present in results.loaded.items() if present]
         absent = [m for m, present in results.loaded.items() if not present]

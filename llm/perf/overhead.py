@@ -12,6 +12,9 @@ the two servers, non-streamed or streamed, and reads every answer the way an app
 - ``httpx-async``: a raw ``httpx.AsyncClient``, 64 in flight;
 - ``provider-async``: ``achat_completion`` / ``astream_events`` over both routes, 64 in flight;
 - ``openai-async``: the OpenAI SDK's ``AsyncOpenAI`` (when installed), 64 in flight;
+- ``litellm-router``: LiteLLM's ``Router.acompletion`` over both servers as two deployments
+  (when litellm is installed; ``pip install litellm`` adds it), 64 in flight, retries off,
+  its bundled price table (``LITELLM_LOCAL_MODEL_COST_MAP``: no network);
 - ``httpx-sync``: a raw ``httpx.Client`` shared by 16 threads (the floor for sync);
 - ``provider-sync``: ``chat_completion`` / ``stream_events`` from 16 threads.
 
@@ -28,6 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
+import importlib.util
 import json
 import os
 import resource
@@ -50,7 +55,9 @@ TOKENS = 16
 ASYNC_IN_FLIGHT = 64
 SYNC_THREADS = 16
 MESSAGES = [{"role": "user", "content": "hello"}]
-ASYNC_CLIENTS = ("aiohttp", "httpx-async", "provider-async", "openai-async")
+ASYNC_CLIENTS = ("aiohttp", "httpx-async", "provider-async", "openai-async", "litellm-router")
+OPTIONAL = {"openai-async": "openai", "litellm-router": "litellm"}  # client -> the package
+SLOW_CLIENTS = ("httpx-async", "litellm-router")  # a quarter of the calls is plenty
 SYNC_CLIENTS = ("httpx-sync", "provider-sync")
 FLOOR = {"async": "aiohttp", "sync": "httpx-sync"}
 
@@ -230,6 +237,47 @@ async def _openai_async_client(urls: Sequence[str], model: str, stream: bool) ->
     return call, close
 
 
+async def _litellm_router_client(urls: Sequence[str], model: str, stream: bool) -> Any:
+    # its price table from the package, not from the network (this machine has none)
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    litellm: Any = importlib.import_module("litellm")  # optional: not a dependency
+
+    litellm.telemetry = False
+    litellm.suppress_debug_info = True
+    deployments = [
+        {
+            "model_name": "bench",
+            "litellm_params": {
+                "model": f"hosted_vllm/{model}",
+                "api_base": url.rsplit("/chat/completions", 1)[0],
+                "api_key": "x",
+            },
+        }
+        for url in urls
+    ]
+    router = litellm.Router(model_list=deployments, num_retries=0)
+    messages: Any = MESSAGES
+
+    async def call(number: int) -> tuple[float, float | None]:
+        began = time.perf_counter()
+        if not stream:
+            await router.acompletion(model="bench", messages=messages, max_tokens=TOKENS)
+            return time.perf_counter() - began, None
+        first = None
+        chunks = await router.acompletion(
+            model="bench", messages=messages, max_tokens=TOKENS, stream=True
+        )
+        async for chunk in chunks:
+            if first is None and chunk.choices and chunk.choices[0].delta.content:
+                first = time.perf_counter() - began
+        return time.perf_counter() - began, first
+
+    async def close() -> None:
+        pass  # the Router keeps its clients in litellm's module-level cache
+
+    return call, close
+
+
 def _httpx_sync_client(urls: Sequence[str], model: str, stream: bool) -> Any:
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=256)
     client = httpx.Client(limits=limits, timeout=30)
@@ -345,12 +393,12 @@ def _drive_sync(call: SyncCall, requests: int) -> tuple[list[float], list[float]
 
 
 def available_clients() -> list[str]:
-    clients = list(ASYNC_CLIENTS + SYNC_CLIENTS)
-    try:
-        import openai  # noqa: F401
-    except ImportError:
-        clients.remove("openai-async")
-    return clients
+    """Every client whose package is installed."""
+    return [
+        client
+        for client in ASYNC_CLIENTS + SYNC_CLIENTS
+        if client not in OPTIONAL or importlib.util.find_spec(OPTIONAL[client]) is not None
+    ]
 
 
 def run_client(
@@ -363,6 +411,7 @@ def run_client(
         "httpx-async": lambda: _httpx_async_client(urls, model, stream),
         "provider-async": lambda: _provider_async_client(servers, stream),
         "openai-async": lambda: _openai_async_client(urls, model, stream),
+        "litellm-router": lambda: _litellm_router_client(urls, model, stream),
     }
     sync_makers: dict[str, Callable[[], Any]] = {
         "httpx-sync": lambda: _httpx_sync_client(urls, model, stream),
@@ -433,8 +482,8 @@ def benchmark(
             for stream in (False, True):
                 for client in order:
                     count = stream_requests if stream else requests
-                    if client == "httpx-async":
-                        count = max(200, count // 4)  # slow: a quarter of the calls is plenty
+                    if client in SLOW_CLIENTS:
+                        count = max(200, count // 4)
                     run = run_client(client, servers, stream, count)
                     runs.append(run)
                     if progress is not None:
