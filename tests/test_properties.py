@@ -703,6 +703,62 @@ def test_weighted_round_robin_skips_ejected_routes_without_unbalancing_the_rest(
     assert set(seen) == {r.name for r in usable}
 
 
+@PROPERTY
+@given(
+    weights=st.lists(st.sampled_from([0.5, 1.0, 2.0, 3.0, 7.0]), min_size=2, max_size=5),
+    history=st.lists(
+        st.tuples(
+            st.sampled_from(["pick", "send", "eject", "check", "advance", "end"]),
+            st.integers(0, 4),
+            st.sampled_from(["success", "failure", "neutral"]),
+        ),
+        max_size=40,
+    ),
+)
+def test_weighted_round_robin_never_loses_a_route(
+    weights: list[float], history: list[tuple[str, int, str]]
+) -> None:
+    """Whatever happened (ejections, trials in flight and how they ended, active checks, time
+    passing), once every route is usable again each of them is picked within a bounded number
+    of picks: no route stays parked off the schedule."""
+    clock = FakeClock()
+    balancer, pool, routes = make(clock, weights)
+    sent: list[tuple[RouteState, float]] = []
+    for action, index, outcome in history:
+        route = routes[index % len(routes)]
+        if action == "pick":
+            balancer.pick(pool)
+        elif action == "send" and (picked := balancer.pick(pool)) is not None:
+            sent.append((picked, balancer.dispatch(picked)))
+        elif action == "eject":
+            eject(balancer, route)
+        elif action == "check":
+            balancer.observe_check(route.name, index % 2 == 0, "check")
+        elif action == "advance":
+            clock.advance(2.5)
+        elif action == "end" and sent:
+            ended, started = sent.pop(index % len(sent))
+            if outcome == "success":
+                balancer.succeeded(ended, started)
+            elif outcome == "failure":
+                balancer.failed(ended, started, "HTTP 503")
+            else:
+                balancer.finished(ended, started)
+    for ended, started in sent:
+        balancer.finished(ended, started)
+    clock.advance(120.0)  # past every cooldown: each route may take a trial
+    assert all(r.health.available(clock()) for r in routes)
+    total = sum(weights)
+    bound = math.ceil(2 * total / min(weights)) + len(routes)
+    seen: set[RouteState] = set()
+    for _ in range(bound):
+        route = balancer.pick(pool)
+        assert route is not None
+        balancer.succeeded(route, balancer.dispatch(route))  # trials pass: routes heal
+        seen.add(route)
+    assert seen == set(routes)
+
+
 # -- least latency -----------------------------------------------------------------------
 
 LATENCY = st.sampled_from([0.01, 0.02, 0.05, 0.1, 0.5]) | st.floats(0.001, 5.0)
