@@ -33,7 +33,8 @@ def memory_section(growth: dict[str, float]) -> str:
     verdict = "within" if growth["growth_mib"] <= 10 else "**over**"
     return (
         "## Memory\n\n"
-        "Resident memory of a process running the provider (async, 64 calls in flight):\n\n"
+        "Resident memory of a fresh process running only the provider (async, 64 calls in "
+        "flight):\n\n"
         "| after 1,000 calls | after 10,000 calls | growth | target |\n|---:|---:|---:|---:|\n"
         f"| {growth[first]} MiB | {growth[total]} MiB | {growth['growth_mib']} MiB "
         f"| ≤ 10 MiB ({verdict}) |"
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     progress("memory: 10,000 calls")
-    growth = overhead.rss_growth()
+    growth = overhead.rss_growth_in_child()
     assert micro_results is not None
     progress("least-latency experiment")
     policy_report = policy.run_all(live=True)

@@ -89,3 +89,14 @@ def test_optional_clients_are_listed_only_when_their_package_is_installed(monkey
     assert {"aiohttp", "httpx-async", "provider-async", "httpx-sync", "provider-sync"} <= set(
         clients
     )
+
+
+def test_memory_is_measured_in_a_fresh_process():
+    from llm.perf.overhead import rss_growth_in_child
+
+    growth = rss_growth_in_child(first=40, total=120, timeout=120)
+    assert set(growth) == {"rss_after_40_mib", "rss_after_120_mib", "growth_mib"}
+    assert 10 < growth["rss_after_40_mib"] < 1000  # MiB of a Python process, not bytes
+    assert growth["growth_mib"] == pytest.approx(
+        growth["rss_after_120_mib"] - growth["rss_after_40_mib"], abs=0.1
+    )

@@ -37,6 +37,8 @@ import json
 import os
 import resource
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -536,6 +538,22 @@ def rss_growth(first: int = 1000, total: int = 10000) -> dict[str, float]:
     finally:
         for server in servers:
             server.stop()
+
+
+def rss_growth_in_child(
+    first: int = 1000, total: int = 10000, timeout: float = 600.0
+) -> dict[str, float]:
+    """``rss_growth`` in a fresh interpreter, so that what other clients loaded into this
+    process (LiteLLM alone adds some 170 MiB) is not counted as the provider's."""
+    code = (
+        "import json; from llm.perf.overhead import rss_growth; "
+        f"print(json.dumps(rss_growth({first}, {total})))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, check=True
+    )
+    growth: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return growth
 
 
 def as_dicts(figures: Sequence[Figures]) -> list[dict[str, Any]]:
