@@ -72,7 +72,6 @@ class Parking:
         health = route.health
         ready = health.ejected_until if health.ejected_until > now else now
         heappush(self.waiting, (ready, self.position[route], route))
-        self.parked_out(route)
 
     def release(self, now: float) -> None:
         """Bring back the parked routes whose time has come (called first in every pick)."""
@@ -88,11 +87,8 @@ class Parking:
             self.parked.discard(route)
             self.enter(route)
 
-    # what an index does when a route leaves and when it comes back
-    def parked_out(self, route: RouteState) -> None:
-        pass
-
     def enter(self, route: RouteState) -> None:
+        """Put ``route`` (back) into the index's heaps with its current keys."""
         raise NotImplementedError
 
 
