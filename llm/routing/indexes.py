@@ -48,9 +48,10 @@ class Watcher(Protocol):
 
 
 def usable(route: RouteState, now: float) -> bool:
-    """May a request go to ``route`` now without forcing? (healthy, or a free trial slot)"""
+    """May a request go to ``route`` now without forcing? (``RouteHealth.available``, with
+    the common case, healthy, answered without a call)"""
     health = route.health
-    return health.healthy or (now >= health.ejected_until and not health.trial_in_flight)
+    return health.healthy or health.available(now)
 
 
 class Parking:
