@@ -9,7 +9,7 @@ import pytest
 from conftest import FakeClock, MakeBalancer, picks, route_config
 
 from llm.config import HealthConfig
-from llm.routing import Balancer, LeastLatency, RoundRobin, RouteState
+from llm.routing import Balancer, LeastLatency, Pool, RoundRobin, RouteState
 
 
 def eject(balancer: Balancer, route: RouteState) -> None:
@@ -23,6 +23,24 @@ def measure(
 ) -> None:
     started = balancer.dispatch(route)
     balancer.succeeded(route, started, latency=latency, ttft=ttft)
+
+
+def probes_of_b(balancer: Balancer, pool: Pool, clock: FakeClock, calls: int) -> list[int]:
+    """One call a second for ``calls`` seconds: route a answers in 0.1 s every time, b's
+    re-probes never answer. The seconds at which b was picked."""
+    a, b = balancer.routes["a"], balancer.routes["b"]
+    seconds = []
+    for t in range(1, calls + 1):
+        clock.advance(1.0)
+        route = balancer.pick(pool)
+        assert route is not None
+        if route is a:
+            measure(balancer, a, 0.1)
+        else:
+            seconds.append(t)
+            balancer.dispatch(b)  # the probe is in flight, no sample
+            balancer.finished(b, clock())
+    return seconds
 
 
 def max_run(sequence: list[str]) -> int:
@@ -221,19 +239,9 @@ def test_least_latency_reprobes_a_stale_route_once_per_interval(
     a, b = balancer.routes["a"], balancer.routes["b"]
     measure(balancer, a, 0.1)
     measure(balancer, b, 0.105)  # a re-probe of b costs next to nothing: the interval rules
-    names = []
-    for _ in range(30):  # t = 1 .. 30, a's measurements stay fresh, b's probe never answers
-        clock.advance(1.0)
-        route = balancer.pick(pool)
-        assert route is not None
-        names.append(route.name)
-        if route is a:
-            measure(balancer, a, 0.1)
-        else:
-            balancer.dispatch(b)  # the probe is in flight, no sample
-            balancer.finished(b, clock())
-    # b's last sample is at 0: probed once when 10 s had passed (t=11), then at t=22
-    assert [t for t, name in enumerate(names, start=1) if name == "b"] == [11, 22]
+    # t = 1 .. 30, a's measurements stay fresh, b's probe never answers; b's last sample is
+    # at 0: probed once when 10 s had passed (t=11), then at t=22
+    assert probes_of_b(balancer, pool, clock, 30) == [11, 22]
 
 
 def test_least_latency_reprobes_a_slow_route_within_the_budget(
@@ -248,19 +256,9 @@ def test_least_latency_reprobes_a_slow_route_within_the_budget(
     a, b = balancer.routes["a"], balancer.routes["b"]
     measure(balancer, a, 0.1)
     measure(balancer, b, 0.5)
-    names = []
-    for _ in range(100):  # one call a second, as above
-        clock.advance(1.0)
-        route = balancer.pick(pool)
-        assert route is not None
-        names.append(route.name)
-        if route is a:
-            measure(balancer, a, 0.1)
-        else:
-            balancer.dispatch(b)
-            balancer.finished(b, clock())
-    # stale from t=11, but 40 picks first (t=1..40); then stale again after t=51, 40 more picks
-    assert [t for t, name in enumerate(names, start=1) if name == "b"] == [41, 82]
+    # one call a second: stale from t=11, but 40 picks first (t=1..40); then stale again
+    # after t=51, 40 more picks
+    assert probes_of_b(balancer, pool, clock, 100) == [41, 82]
 
 
 def test_least_latency_low_traffic_stays_on_the_fast_route(
