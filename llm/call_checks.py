@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .config import _BODY_KEYS
+from .config.sections import BODY_KEYS
 from .errors import InvalidRequestError
 
 # Keywords that steer the call rather than the body.
@@ -200,8 +200,8 @@ _SERVER_KEYS = (
     "suffix",
     "vllm_xargs",
 )
-_KNOWN_KEYWORDS = frozenset((*_BODY_KEYS, *_SERVER_KEYS))
-_HINT_CHOICES = (*_BODY_KEYS, *sorted(CONTROL_KEYS), "extra_body")
+_KNOWN_KEYWORDS = frozenset((*BODY_KEYS, *_SERVER_KEYS))
+_HINT_CHOICES = (*BODY_KEYS, *sorted(CONTROL_KEYS), "extra_body")
 
 _JSON_TYPES = frozenset({str, int, float, bool, list, dict, tuple})
 

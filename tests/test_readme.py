@@ -24,8 +24,7 @@ import httpx
 import pytest
 import yaml
 
-from llm import config as config_module
-from llm.config import parse_config
+from llm.config import parse_config, sections
 from llm.testing import FakeVLLM
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,14 +135,14 @@ def test_the_config_example_is_valid():
 
 def test_the_config_table_documents_every_key_and_only_real_keys():
     documented = set(re.findall(r"^\| `(llm\.[a-zA-Z_.]+)`", README, re.MULTILINE))
-    real = {f"llm.{key}" for key in config_module._LLM_KEYS if key not in ("params", "routes")}
-    real |= {f"llm.routes.NAME.{key}" for key in config_module._ROUTE_KEYS}
-    real |= {f"llm.retry.{key}" for key in config_module._RETRY_KEYS}
-    real |= {f"llm.health.{key}" for key in config_module._HEALTH_KEYS}
-    real |= {f"llm.params.{key}" for key in (*config_module._CONTROL_KEYS, "extra_body")}
+    real = {f"llm.{key}" for key in sections.LLM_KEYS if key not in ("params", "routes")}
+    real |= {f"llm.routes.NAME.{key}" for key in sections.ROUTE_KEYS}
+    real |= {f"llm.retry.{key}" for key in sections.RETRY_KEYS}
+    real |= {f"llm.health.{key}" for key in sections.HEALTH_KEYS}
+    real |= {f"llm.params.{key}" for key in (*sections.CONTROL_PARAMS, "extra_body")}
     real -= {"llm.retry", "llm.health"}
     assert documented - {"llm.params."} == real
-    for key in config_module._BODY_KEYS:
+    for key in sections.BODY_KEYS:
         assert f"`{key}`" in README, key
 
 

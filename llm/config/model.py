@@ -1,0 +1,172 @@
+"""What a validated configuration is: frozen dataclasses, their defaults and the policies known.
+
+How this works
+--------------
+``LLMConfig`` is the whole ``llm:`` section; it holds one ``RouteConfig`` per server, a
+``RetryConfig`` and a ``HealthConfig``. Every class is a frozen, slotted dataclass; its
+mappings (``routes``, ``params``, ``headers``) are read-only copies
+(``types.MappingProxyType``), rebuilt from plain dicts when pickled (``__reduce__``), since a
+mapping proxy does not pickle. Reprs show no secret: a route's ``api_key`` and ``headers`` are
+left out and a ``user:password@`` in its ``base_url`` is masked (``shown_url``).
+
+Nothing here reads or checks raw data: ``sections`` does, then builds these classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from .redact import redact_url
+
+KNOWN_POLICIES: tuple[str, ...] = ("round_robin", "least_latency")
+
+DEFAULT_PROVIDER = "vllm_openai"
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+
+
+def _frozen_mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A read-only copy of ``value`` (kept as is when it already is read-only)."""
+    if isinstance(value, MappingProxyType):
+        return value
+    return MappingProxyType(dict(value))
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    """One inference server instance: where it is and which model it serves."""
+
+    name: str
+    base_url: str
+    model: str
+    timeout: float = DEFAULT_TIMEOUT
+    api_key: str = field(default="EMPTY", repr=False)
+    weight: float = 1.0
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False, hash=False)
+    send_model: bool = True
+    verify: bool | str = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "headers", _frozen_mapping(self.headers))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # MappingProxyType does not pickle; rebuild from a plain dict.
+        return (
+            type(self),
+            (
+                self.name,
+                self.base_url,
+                self.model,
+                self.timeout,
+                self.api_key,
+                self.weight,
+                dict(self.headers),
+                self.send_model,
+                self.verify,
+            ),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"RouteConfig(name={self.name!r}, base_url={self.shown_url!r}, model={self.model!r}, "
+            f"timeout={self.timeout!r}, weight={self.weight!r}, send_model={self.send_model!r}, "
+            f"verify={self.verify!r})"
+        )
+
+    @property
+    def shown_url(self) -> str:
+        """``base_url`` fit to show (logs, stats, reports): a ``user:password@`` is masked."""
+        return redact_url(self.base_url)
+
+    @property
+    def server_url(self) -> str:
+        """``base_url`` without a trailing ``/v1``: where ``/health`` and ``/metrics`` live."""
+        return self.base_url[:-3] if self.base_url.endswith("/v1") else self.base_url
+
+
+@dataclass(frozen=True, slots=True)
+class RetryConfig:
+    """How often and how patiently a call is retried."""
+
+    max_retries: int = 3
+    backoff_initial: float = 0.1
+    backoff_max: float = 2.0
+    retry_after_max: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """Ejection cooldowns, active checks and latency smoothing."""
+
+    cooldown: float = 5.0
+    max_cooldown: float = 60.0
+    check_interval: float = 0.0
+    reprobe_interval: float = 10.0
+    ewma_alpha: float = 0.3
+    stall_factor: float = 4.0
+    stall_min: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class LLMConfig:
+    """The whole ``llm:`` section, validated."""
+
+    provider: str
+    routes: Mapping[str, RouteConfig] = field(hash=False)
+    default_route: str
+    fallback_route: str | None = None
+    lb_policy: str = "round_robin"
+    params: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    timeout: float = DEFAULT_TIMEOUT
+    connect_timeout: float = 10.0
+    deadline: float = 2 * DEFAULT_TIMEOUT
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "routes", _frozen_mapping(self.routes))
+        object.__setattr__(self, "params", _frozen_mapping(self.params))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            type(self),
+            (
+                self.provider,
+                dict(self.routes),
+                self.default_route,
+                self.fallback_route,
+                self.lb_policy,
+                dict(self.params),
+                self.timeout,
+                self.connect_timeout,
+                self.deadline,
+                self.max_response_bytes,
+                self.retry,
+                self.health,
+                self.source,
+            ),
+        )
+
+    def route(self, name: str) -> RouteConfig:
+        """The route called ``name`` (``KeyError`` if there is none)."""
+        return self.routes[name]
+
+    @property
+    def default_model(self) -> str:
+        """The model of the default route: what a call serves when it names no model."""
+        return self.routes[self.default_route].model
+
+    def pool(self, model: str | None = None) -> tuple[str, ...]:
+        """Names of the routes serving ``model`` (default: ``default_model``), in file order,
+        without the fallback route."""
+        wanted = self.default_model if model is None else model
+        return tuple(
+            name
+            for name, route in self.routes.items()
+            if route.model == wanted and name != self.fallback_route
+        )

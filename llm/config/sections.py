@@ -1,0 +1,390 @@
+"""Building each section of ``llm:`` from raw data: params, routes, retry, health, the whole.
+
+How this works
+--------------
+``build`` takes the ``llm`` mapping (already unwrapped, interpolated and overridden by
+``load``) and walks it section by section with the typed readers of ``readers``: the known
+keys of each section (``LLM_KEYS``, ``ROUTE_KEYS``, ...; an unknown key is an error with a
+hint), the values checked and converted, the cross-checks (``backoff_max >=
+backoff_initial``, ``max_cooldown >= cooldown``, a fallback route other than the default),
+then the frozen dataclasses of ``model``. ``llm.params`` holds the control keys
+(``CONTROL_PARAMS``: timeouts, retries, the response cap) and the request-body defaults, each
+body key read by its own reader; ``extra_body`` is merged into the body as it is. The first
+problem raises one ``ConfigError`` naming its key path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, TypeAlias
+
+from .model import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_PROVIDER,
+    DEFAULT_TIMEOUT,
+    KNOWN_POLICIES,
+    HealthConfig,
+    LLMConfig,
+    RetryConfig,
+    RouteConfig,
+)
+from .readers import (
+    check_keys,
+    fail,
+    fail_expected,
+    fmt_number,
+    join,
+    read_bool,
+    read_choice,
+    read_integer,
+    read_json,
+    read_mapping,
+    read_number,
+    read_stop,
+    read_string,
+    read_string_list,
+    read_string_or_mapping,
+    read_typed_list,
+    read_typed_mapping,
+    read_typed_string,
+    read_url,
+)
+
+# --------------------------------------------------------------------------- schema
+
+LLM_KEYS = (
+    "default_route",
+    "fallback_route",
+    "health",
+    "lb_policy",
+    "params",
+    "provider",
+    "retry",
+    "routes",
+)
+ROUTE_KEYS = (
+    "api_key",
+    "base_url",
+    "headers",
+    "model",
+    "send_model",
+    "timeout",
+    "verify",
+    "weight",
+)
+RETRY_KEYS = ("backoff_initial", "backoff_max", "retry_after_max")
+HEALTH_KEYS = (
+    "check_interval",
+    "cooldown",
+    "ewma_alpha",
+    "max_cooldown",
+    "reprobe_interval",
+    "stall_factor",
+    "stall_min",
+)
+CONTROL_PARAMS = ("connect_timeout", "deadline", "max_response_bytes", "max_retries", "timeout")
+BODY_KEYS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "max_tokens",
+    "max_completion_tokens",
+    "n",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "length_penalty",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "user",
+    "stream_options",
+    "ignore_eos",
+    "min_tokens",
+    "skip_special_tokens",
+    "spaces_between_special_tokens",
+    "chat_template_kwargs",
+    "structured_outputs",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
+    "reasoning_effort",
+    "include_reasoning",
+    "truncate_prompt_tokens",
+    "priority",
+    "best_of",
+    "use_beam_search",
+)
+PARAMS_KEYS = (*CONTROL_PARAMS, "extra_body", *BODY_KEYS)
+
+# Extra words for unknown keys that are plausible mistakes.
+_PARAMS_NOTES = {
+    "model": "the model is set per route",
+    "messages": "messages are given per call",
+    "stream": "streaming is chosen per call (stream() / astream())",
+    "api_key": "api_key is set per route",
+}
+_RETRY_NOTES = {"max_retries": "max_retries is set in llm.params"}
+_ROUTE_NOTES = {"url": "did you mean 'base_url'?"}
+
+_MISSING: Any = object()
+
+# Request-body keys whose type is checked; the others must only be JSON values.
+_ParamReader: TypeAlias = Callable[[str, Any], Any]
+_PARAM_READERS: dict[str, _ParamReader] = {
+    "temperature": lambda p, v: read_number(p, v, minimum=0),
+    "top_p": lambda p, v: read_number(p, v, minimum=0, exclusive=True, maximum=1),
+    "top_k": lambda p, v: read_integer(p, v, minimum=-1),
+    "min_p": lambda p, v: read_number(p, v, minimum=0, maximum=1),
+    "max_tokens": lambda p, v: read_integer(p, v, minimum=0, exclusive=True),
+    "max_completion_tokens": lambda p, v: read_integer(p, v, minimum=0, exclusive=True),
+    "min_tokens": lambda p, v: read_integer(p, v, minimum=0),
+    "n": lambda p, v: read_integer(p, v, minimum=0, exclusive=True),
+    "best_of": lambda p, v: read_integer(p, v, minimum=0, exclusive=True),
+    "seed": lambda p, v: read_integer(p, v),
+    "priority": lambda p, v: read_integer(p, v),
+    "top_logprobs": lambda p, v: read_integer(p, v, minimum=0),
+    "truncate_prompt_tokens": lambda p, v: read_integer(p, v, minimum=-1),
+    "presence_penalty": lambda p, v: read_number(p, v, minimum=-2, maximum=2),
+    "frequency_penalty": lambda p, v: read_number(p, v, minimum=-2, maximum=2),
+    "repetition_penalty": lambda p, v: read_number(p, v, minimum=0, exclusive=True),
+    "length_penalty": lambda p, v: read_number(p, v),
+    "stop": read_stop,
+    "logprobs": read_bool,
+    "parallel_tool_calls": read_bool,
+    "ignore_eos": read_bool,
+    "skip_special_tokens": read_bool,
+    "spaces_between_special_tokens": read_bool,
+    "include_reasoning": read_bool,
+    "use_beam_search": read_bool,
+    "logit_bias": read_typed_mapping,
+    "response_format": read_typed_mapping,
+    "stream_options": read_typed_mapping,
+    "chat_template_kwargs": read_typed_mapping,
+    "structured_outputs": read_typed_mapping,
+    "tools": read_typed_list,
+    "tool_choice": read_string_or_mapping,
+    "guided_json": read_string_or_mapping,
+    "guided_choice": read_string_list,
+    "guided_regex": read_typed_string,
+    "guided_grammar": read_typed_string,
+    "reasoning_effort": read_typed_string,
+    "user": read_typed_string,
+}
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _params(path: str, raw: Mapping[Any, Any]) -> dict[str, Any]:
+    """Request-body defaults: the body keys, checked, plus ``extra_body`` merged verbatim."""
+    check_keys(path, raw, PARAMS_KEYS, _PARAMS_NOTES, "; put server-specific keys under extra_body")
+    params: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in CONTROL_PARAMS or key == "extra_body":
+            continue
+        reader: _ParamReader = _PARAM_READERS.get(key, read_json)
+        params[key] = reader(join(path, key), value)
+    extra_path = join(path, "extra_body")
+    extra = read_mapping(extra_path, raw.get("extra_body"), optional=True)
+    for key, value in extra.items():
+        key_path = join(extra_path, key)
+        if not isinstance(key, str) or not key:
+            fail_expected(key_path, "a non-empty string key", key)
+        if key in params:
+            fail(key_path, f"also set as {join(path, key)}; set it in one place")
+        params[key] = read_json(key_path, value)
+    return params
+
+
+def _headers(path: str, value: object) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for name, item in read_mapping(path, value, optional=True).items():
+        if not isinstance(name, str) or not name.strip():
+            fail_expected(join(path, name), "a non-empty header name", name)
+        if not isinstance(item, str):
+            fail_expected(join(path, name), "a string (quote it in YAML)", item, secret=True)
+        headers[name] = _header_value(join(path, name), item)
+    return headers
+
+
+def _header_value(path: str, value: str) -> str:
+    """A value sent as is in an HTTP header: no control character (a line break would end the
+    header), no leading or trailing whitespace. Shown by type only, never by value."""
+    if value != value.strip() or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        fail(
+            path,
+            "expected a string usable as an HTTP header value (no line breaks or other "
+            "control characters, no leading or trailing whitespace), found a string that is not",
+        )
+    return value
+
+
+def _verify(path: str, value: object) -> bool | str:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip():
+        lowered = value.strip().lower()
+        return lowered == "true" if lowered in ("true", "false") else value
+    fail_expected(path, "true, false or the path of a CA bundle", value)
+
+
+def _route(path: str, name: str, value: object, default_timeout: float) -> RouteConfig:
+    raw = read_mapping(path, value)
+    check_keys(path, raw, ROUTE_KEYS, _ROUTE_NOTES)
+    for key, expected in (("base_url", "an http:// or https:// URL"), ("model", "a model name")):
+        if key not in raw:
+            fail(join(path, key), f"missing required key (expected {expected})")
+    return RouteConfig(
+        name=name,
+        base_url=read_url(join(path, "base_url"), raw["base_url"]),
+        model=read_string(join(path, "model"), raw["model"]),
+        timeout=read_number(
+            join(path, "timeout"), raw.get("timeout", default_timeout), minimum=0, exclusive=True
+        ),
+        api_key=_header_value(
+            join(path, "api_key"),
+            read_string(join(path, "api_key"), raw.get("api_key", "EMPTY"), secret=True),
+        ),
+        weight=read_number(join(path, "weight"), raw.get("weight", 1.0), minimum=0, exclusive=True),
+        headers=MappingProxyType(_headers(join(path, "headers"), raw.get("headers"))),
+        send_model=read_bool(join(path, "send_model"), raw.get("send_model", True)),
+        verify=_verify(join(path, "verify"), raw.get("verify", True)),
+    )
+
+
+def _routes(path: str, value: object, default_timeout: float) -> dict[str, RouteConfig]:
+    expected = "a non-empty mapping of route name -> {base_url, model, ...}"
+    if value is _MISSING:
+        fail(path, f"missing required key (expected {expected})")
+    if not isinstance(value, Mapping) or not value:
+        fail_expected(path, expected, value)
+    routes: dict[str, RouteConfig] = {}
+    for name, item in value.items():
+        if not isinstance(name, str) or not name.strip():
+            fail_expected(join(path, name), "a non-empty string as the route name", name)
+        routes[name] = _route(join(path, name), name, item, default_timeout)
+    return routes
+
+
+def _route_name(path: str, value: object, routes: Mapping[str, RouteConfig]) -> str:
+    return read_choice(path, value, list(routes), "a route name")
+
+
+def _retry(path: str, value: object, max_retries: int) -> RetryConfig:
+    raw = read_mapping(path, value, optional=True)
+    check_keys(path, raw, RETRY_KEYS, _RETRY_NOTES)
+    defaults = RetryConfig()
+    initial = read_number(
+        join(path, "backoff_initial"),
+        raw.get("backoff_initial", defaults.backoff_initial),
+        minimum=0,
+        exclusive=True,
+    )
+    backoff_max = read_number(
+        join(path, "backoff_max"),
+        raw.get("backoff_max", max(defaults.backoff_max, initial)),
+        minimum=initial,
+        expected=f"a number >= backoff_initial ({fmt_number(initial)})",
+    )
+    retry_after_max = read_number(
+        join(path, "retry_after_max"),
+        raw.get("retry_after_max", defaults.retry_after_max),
+        minimum=0,
+    )
+    return RetryConfig(max_retries, initial, backoff_max, retry_after_max)
+
+
+def _health(path: str, value: object) -> HealthConfig:
+    raw = read_mapping(path, value, optional=True)
+    check_keys(path, raw, HEALTH_KEYS)
+    defaults = HealthConfig()
+
+    def read(key: str, default: float, **bounds: Any) -> float:
+        return read_number(join(path, key), raw.get(key, default), **bounds)
+
+    cooldown = read("cooldown", defaults.cooldown, minimum=0, exclusive=True)
+    return HealthConfig(
+        cooldown=cooldown,
+        max_cooldown=read(
+            "max_cooldown",
+            max(defaults.max_cooldown, cooldown),
+            minimum=cooldown,
+            expected=f"a number >= cooldown ({fmt_number(cooldown)})",
+        ),
+        check_interval=read("check_interval", defaults.check_interval, minimum=0),
+        reprobe_interval=read(
+            "reprobe_interval", defaults.reprobe_interval, minimum=0, exclusive=True
+        ),
+        ewma_alpha=read("ewma_alpha", defaults.ewma_alpha, minimum=0, exclusive=True, maximum=1),
+        stall_factor=read("stall_factor", defaults.stall_factor, minimum=0),
+        stall_min=read("stall_min", defaults.stall_min, minimum=0),
+    )
+
+
+def build(raw: Mapping[Any, Any], source: str | None) -> LLMConfig:
+    path = "llm"
+    check_keys(path, raw, LLM_KEYS)
+    provider = read_string(join(path, "provider"), raw.get("provider", DEFAULT_PROVIDER))
+
+    params_path = join(path, "params")
+    params_raw = read_mapping(params_path, raw.get("params"), optional=True)
+    params = _params(params_path, params_raw)
+
+    def control(key: str, default: float) -> float:
+        value = params_raw.get(key, default)
+        return read_number(join(params_path, key), value, minimum=0, exclusive=True)
+
+    timeout = control("timeout", DEFAULT_TIMEOUT)
+    connect_timeout = control("connect_timeout", min(10.0, timeout))
+    deadline = control("deadline", 2 * timeout)
+    max_retries = read_integer(
+        join(params_path, "max_retries"), params_raw.get("max_retries", 3), minimum=0
+    )
+    max_response_bytes = read_integer(
+        join(params_path, "max_response_bytes"),
+        params_raw.get("max_response_bytes", DEFAULT_MAX_RESPONSE_BYTES),
+        minimum=1024,
+    )
+
+    routes = _routes(join(path, "routes"), raw.get("routes", _MISSING), timeout)
+    default_route = next(iter(routes))
+    if raw.get("default_route") is not None:
+        default_route = _route_name(join(path, "default_route"), raw["default_route"], routes)
+    fallback_route = None
+    if raw.get("fallback_route") is not None:
+        fallback_path = join(path, "fallback_route")
+        fallback_route = _route_name(fallback_path, raw["fallback_route"], routes)
+        if fallback_route == default_route:
+            fail(
+                fallback_path,
+                f"expected a route other than default_route, found {fallback_route!r} "
+                "(the default route)",
+            )
+    lb_policy = read_choice(
+        join(path, "lb_policy"), raw.get("lb_policy", "round_robin"), KNOWN_POLICIES, "a policy"
+    )
+    return LLMConfig(
+        provider=provider,
+        routes=MappingProxyType(routes),
+        default_route=default_route,
+        fallback_route=fallback_route,
+        lb_policy=lb_policy,
+        params=MappingProxyType(params),
+        timeout=timeout,
+        connect_timeout=connect_timeout,
+        deadline=deadline,
+        max_response_bytes=max_response_bytes,
+        retry=_retry(join(path, "retry"), raw.get("retry"), max_retries),
+        health=_health(join(path, "health"), raw.get("health")),
+        source=source,
+    )
