@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from .call import route_headers
+from .call.spec import route_headers
 from .config import RouteConfig
 
 

@@ -41,7 +41,7 @@ from typing import Any
 import httpx
 
 from .aio import NativeResponse, NativeSender
-from .call import BodyEncoder, CallSpec, carries_payload, error_in, route_headers
+from .call.spec import BodyEncoder, CallSpec, carries_payload, error_in, route_headers
 from .config import LLMConfig, RouteConfig
 from .errors import (
     Attempt,

@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from .call import CallSpec
+from .call.spec import CallSpec
 from .engine import AsyncEngine, AsyncStream, Reply, SyncEngine, SyncStream
 from .errors import AllRoutesFailedError, APIStatusError, LLMError, NoRouteError
 

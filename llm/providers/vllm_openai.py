@@ -24,8 +24,8 @@ from typing import Any
 
 import httpx
 
-from ..call import CallSpec
-from ..call_checks import (
+from ..call.spec import CallSpec
+from ..call.validate import (
     CONTROL_KEYS,
     check_controls,
     check_keyword,

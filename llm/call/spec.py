@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import RouteConfig
+from ..config import RouteConfig
 
 # allow_nan=False: NaN and Infinity are not JSON (RFC 8259); a server that parses them anyway
 # would sample with them. The engine turns the ValueError into an InvalidRequestError.

@@ -16,8 +16,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .config.sections import BODY_KEYS
-from .errors import InvalidRequestError
+from ..config.sections import BODY_KEYS
+from ..errors import InvalidRequestError
 
 # Keywords that steer the call rather than the body.
 CONTROL_KEYS = frozenset({"route", "model", "deadline", "max_retries"})

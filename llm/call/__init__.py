@@ -1,0 +1,1 @@
+"""Building and validating a call before any I/O."""
