@@ -24,7 +24,7 @@ import httpx
 import pytest
 import yaml
 
-from llm.config import parse_config, sections
+from llm.config import body_keys, parse_config, sections
 from llm.testing import FakeVLLM
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,7 +142,7 @@ def test_the_config_table_documents_every_key_and_only_real_keys():
     real |= {f"llm.params.{key}" for key in (*sections.CONTROL_PARAMS, "extra_body")}
     real -= {"llm.retry", "llm.health"}
     assert documented - {"llm.params."} == real
-    for key in sections.BODY_KEYS:
+    for key in body_keys.BODY_KEYS:
         assert f"`{key}`" in README, key
 
 

@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..config.sections import BODY_KEYS
+from ..config.body_keys import BODY_KEYS, SERVER_KEYS
 from ..errors import InvalidRequestError
 
 # Keywords that steer the call rather than the body.
@@ -137,26 +137,19 @@ def _finite_number(key: str, value: Any) -> None:
         raise InvalidRequestError(f"{key} must be a finite number, got {shown(value)}")
 
 
-# The body keys whose type is checked at call time: the same for chat and completions, and
-# the ones most often given the wrong type (a string from an env var, a float, a bool).
-_KEYWORD_CHECKS: dict[str, Callable[[str, Any], None]] = {
-    "max_tokens": _positive_int,
-    "max_completion_tokens": _positive_int,
-    "n": _positive_int,
-    "best_of": _positive_int,
-    "min_tokens": _non_negative_int,
-    "top_logprobs": _non_negative_int,
-    "top_k": _any_int,
-    "seed": _any_int,
-    "priority": _any_int,
-    "truncate_prompt_tokens": _any_int,
-    "temperature": _finite_number,
-    "top_p": _finite_number,
-    "min_p": _finite_number,
-    "presence_penalty": _finite_number,
-    "frequency_penalty": _finite_number,
-    "repetition_penalty": _finite_number,
-    "length_penalty": _finite_number,
+# The body keys whose type is checked at call time, by their kind in the body-key table: the
+# same for chat and completions, and the ones most often given the wrong type (a string from
+# an env var, a float, a bool). Ranges are the server's to judge, but for counts.
+_CHECKS_BY_KIND: dict[str, Callable[[str, Any], None]] = {
+    "count": _positive_int,
+    "count0": _non_negative_int,
+    "integer": _any_int,
+    "number": _finite_number,
+}
+KEYWORD_CHECKS: dict[str, Callable[[str, Any], None]] = {
+    name: _CHECKS_BY_KIND[key.kind]
+    for name, key in BODY_KEYS.items()
+    if key.kind in _CHECKS_BY_KIND
 }
 
 # Keywords that are never body keys: what to do instead.
@@ -171,36 +164,7 @@ _RESERVED_KEYWORDS = {
     "prompt": "the prompt is the first argument of complete()",
 }
 
-# Body keys of vLLM, OpenAI and other OpenAI-compatible servers that are not checked but must
-# never be taken for a typo of a known key (the others pass through unchecked as well).
-_SERVER_KEYS = (
-    "add_generation_prompt",
-    "add_special_tokens",
-    "allowed_token_ids",
-    "bad_words",
-    "cache_salt",
-    "chat_template",
-    "continue_final_message",
-    "documents",
-    "echo",
-    "function_call",
-    "functions",
-    "include_stop_str_in_output",
-    "kv_transfer_params",
-    "logits_processors",
-    "metadata",
-    "mm_processor_kwargs",
-    "prompt_logprobs",
-    "repeat_penalty",
-    "request_id",
-    "return_token_ids",
-    "return_tokens_as_token_ids",
-    "stop_token_ids",
-    "store",
-    "suffix",
-    "vllm_xargs",
-)
-_KNOWN_KEYWORDS = frozenset((*BODY_KEYS, *_SERVER_KEYS))
+_KNOWN_KEYWORDS = frozenset((*BODY_KEYS, *SERVER_KEYS))
 _HINT_CHOICES = (*BODY_KEYS, *sorted(CONTROL_KEYS), "extra_body")
 
 _JSON_TYPES = frozenset({str, int, float, bool, list, dict, tuple})
@@ -208,7 +172,7 @@ _JSON_TYPES = frozenset({str, int, float, bool, list, dict, tuple})
 
 def check_keyword(key: str, value: Any) -> None:
     """A call keyword headed for the body: a known name (or no near miss of one), a JSON
-    value at the top, and for the keys of ``_KEYWORD_CHECKS`` the right type."""
+    value at the top, and for the keys of ``KEYWORD_CHECKS`` the right type."""
     if key not in _KNOWN_KEYWORDS:
         problem = _unknown_keyword(key)
         if problem is not None:
@@ -222,7 +186,7 @@ def check_keyword(key: str, value: Any) -> None:
         )
     if kind is float and not math.isfinite(value):
         raise InvalidRequestError(f"{key} must be a finite number, got {shown(value)}")
-    check = _KEYWORD_CHECKS.get(key)
+    check = KEYWORD_CHECKS.get(key)
     if check is not None:
         check(key, value)
 

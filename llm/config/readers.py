@@ -206,9 +206,9 @@ def read_integer(
     path: str,
     value: object,
     *,
-    minimum: int | None = None,
+    minimum: float | None = None,
     exclusive: bool = False,
-    maximum: int | None = None,
+    maximum: float | None = None,
 ) -> int:
     """An integer in range (floats such as 1.5 or 2.0 are rejected)."""
     expected = _range_phrase("integer", minimum, exclusive, maximum)

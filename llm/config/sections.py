@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, TypeAlias
 
+from .body_keys import BODY_KEYS, BodyKey
 from .model import (
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_PROVIDER,
@@ -84,46 +85,6 @@ HEALTH_KEYS = (
     "stall_min",
 )
 CONTROL_PARAMS = ("connect_timeout", "deadline", "max_response_bytes", "max_retries", "timeout")
-BODY_KEYS = (
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "max_tokens",
-    "max_completion_tokens",
-    "n",
-    "stop",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-    "repetition_penalty",
-    "length_penalty",
-    "logprobs",
-    "top_logprobs",
-    "logit_bias",
-    "response_format",
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
-    "user",
-    "stream_options",
-    "ignore_eos",
-    "min_tokens",
-    "skip_special_tokens",
-    "spaces_between_special_tokens",
-    "chat_template_kwargs",
-    "structured_outputs",
-    "guided_json",
-    "guided_regex",
-    "guided_choice",
-    "guided_grammar",
-    "reasoning_effort",
-    "include_reasoning",
-    "truncate_prompt_tokens",
-    "priority",
-    "best_of",
-    "use_beam_search",
-)
 PARAMS_KEYS = (*CONTROL_PARAMS, "extra_body", *BODY_KEYS)
 
 # Extra words for unknown keys that are plausible mistakes.
@@ -138,48 +99,34 @@ _ROUTE_NOTES = {"url": "did you mean 'base_url'?"}
 
 _MISSING: Any = object()
 
-# Request-body keys whose type is checked; the others must only be JSON values.
-_ParamReader: TypeAlias = Callable[[str, Any], Any]
-_PARAM_READERS: dict[str, _ParamReader] = {
-    "temperature": lambda p, v: read_number(p, v, minimum=0),
-    "top_p": lambda p, v: read_number(p, v, minimum=0, exclusive=True, maximum=1),
-    "top_k": lambda p, v: read_integer(p, v, minimum=-1),
-    "min_p": lambda p, v: read_number(p, v, minimum=0, maximum=1),
-    "max_tokens": lambda p, v: read_integer(p, v, minimum=0, exclusive=True),
-    "max_completion_tokens": lambda p, v: read_integer(p, v, minimum=0, exclusive=True),
-    "min_tokens": lambda p, v: read_integer(p, v, minimum=0),
-    "n": lambda p, v: read_integer(p, v, minimum=0, exclusive=True),
-    "best_of": lambda p, v: read_integer(p, v, minimum=0, exclusive=True),
-    "seed": lambda p, v: read_integer(p, v),
-    "priority": lambda p, v: read_integer(p, v),
-    "top_logprobs": lambda p, v: read_integer(p, v, minimum=0),
-    "truncate_prompt_tokens": lambda p, v: read_integer(p, v, minimum=-1),
-    "presence_penalty": lambda p, v: read_number(p, v, minimum=-2, maximum=2),
-    "frequency_penalty": lambda p, v: read_number(p, v, minimum=-2, maximum=2),
-    "repetition_penalty": lambda p, v: read_number(p, v, minimum=0, exclusive=True),
-    "length_penalty": lambda p, v: read_number(p, v),
+# How the config reads each body key: its kind's reader, with its bounds (body_keys.py).
+Reader: TypeAlias = Callable[[str, Any], Any]
+_READERS_BY_KIND: Mapping[str, Reader] = {
+    "bool": read_bool,
+    "string": read_typed_string,
     "stop": read_stop,
-    "logprobs": read_bool,
-    "parallel_tool_calls": read_bool,
-    "ignore_eos": read_bool,
-    "skip_special_tokens": read_bool,
-    "spaces_between_special_tokens": read_bool,
-    "include_reasoning": read_bool,
-    "use_beam_search": read_bool,
-    "logit_bias": read_typed_mapping,
-    "response_format": read_typed_mapping,
-    "stream_options": read_typed_mapping,
-    "chat_template_kwargs": read_typed_mapping,
-    "structured_outputs": read_typed_mapping,
-    "tools": read_typed_list,
-    "tool_choice": read_string_or_mapping,
-    "guided_json": read_string_or_mapping,
-    "guided_choice": read_string_list,
-    "guided_regex": read_typed_string,
-    "guided_grammar": read_typed_string,
-    "reasoning_effort": read_typed_string,
-    "user": read_typed_string,
+    "mapping": read_typed_mapping,
+    "list": read_typed_list,
+    "string_or_mapping": read_string_or_mapping,
+    "string_list": read_string_list,
 }
+
+
+def body_reader(key: BodyKey) -> Reader:
+    """The reader of ``llm.params.<name>`` for a body key of this kind and bounds."""
+    low, exclusive, high = key.minimum, key.exclusive, key.maximum
+    if key.kind in ("count", "count0", "integer"):
+        return lambda path, value: read_integer(
+            path, value, minimum=low, exclusive=exclusive, maximum=high
+        )
+    if key.kind == "number":
+        return lambda path, value: read_number(
+            path, value, minimum=low, exclusive=exclusive, maximum=high
+        )
+    return _READERS_BY_KIND[key.kind]
+
+
+BODY_READERS: Mapping[str, Reader] = {name: body_reader(key) for name, key in BODY_KEYS.items()}
 
 
 # --------------------------------------------------------------------------- sections
@@ -192,8 +139,7 @@ def _params(path: str, raw: Mapping[Any, Any]) -> dict[str, Any]:
     for key, value in raw.items():
         if key in CONTROL_PARAMS or key == "extra_body":
             continue
-        reader: _ParamReader = _PARAM_READERS.get(key, read_json)
-        params[key] = reader(join(path, key), value)
+        params[key] = BODY_READERS[key](join(path, key), value)
     extra_path = join(path, "extra_body")
     extra = read_mapping(extra_path, raw.get("extra_body"), optional=True)
     for key, value in extra.items():

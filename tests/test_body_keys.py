@@ -1,0 +1,93 @@
+"""One source for each rule that used to be written twice: the request-body keys (how the config
+reads them, how a call checks them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from llm.call.validate import KEYWORD_CHECKS
+from llm.config import parse_config
+from llm.config.body_keys import BODY_KEYS, SERVER_KEYS
+from llm.config.sections import BODY_READERS, PARAMS_KEYS, body_reader
+from llm.errors import ConfigError
+
+
+def params(**values: Any) -> dict[str, Any]:
+    route = {"base_url": "http://h/v1", "model": "m"}
+    return {"llm": {"routes": {"a": route}, "params": values}}
+
+
+def test_the_call_time_checks_follow_the_kinds() -> None:
+    checks = {key: check.__name__ for key, check in KEYWORD_CHECKS.items()}
+    assert checks == {
+        **dict.fromkeys(("max_tokens", "max_completion_tokens", "n", "best_of"), "_positive_int"),
+        **dict.fromkeys(("min_tokens", "top_logprobs"), "_non_negative_int"),
+        **dict.fromkeys(("top_k", "seed", "priority", "truncate_prompt_tokens"), "_any_int"),
+        **dict.fromkeys(
+            (
+                "temperature",
+                "top_p",
+                "min_p",
+                "presence_penalty",
+                "frequency_penalty",
+                "repetition_penalty",
+                "length_penalty",
+            ),
+            "_finite_number",
+        ),
+    }
+
+
+def test_counts_have_the_bound_a_call_checks() -> None:
+    # a call refuses max_tokens=0 and top_logprobs=-1: the config must refuse them too
+    for key, spec in BODY_KEYS.items():
+        if spec.kind == "count":
+            assert (spec.minimum, spec.exclusive, spec.maximum) == (0, True, None), key
+        if spec.kind == "count0":
+            assert (spec.minimum, spec.exclusive, spec.maximum) == (0, False, None), key
+
+
+def test_every_body_key_has_a_config_reader() -> None:
+    assert list(BODY_READERS) == list(BODY_KEYS)
+    assert PARAMS_KEYS[-len(BODY_KEYS) :] == tuple(BODY_KEYS)
+    for spec in BODY_KEYS.values():
+        assert callable(body_reader(spec))
+    assert not set(BODY_KEYS) & set(SERVER_KEYS)
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("max_tokens", "a positive integer"),
+        ("max_completion_tokens", "a positive integer"),
+        ("n", "a positive integer"),
+        ("best_of", "a positive integer"),
+        ("min_tokens", "an integer >= 0"),
+        ("top_logprobs", "an integer >= 0"),
+        ("top_k", "an integer >= -1"),
+        ("truncate_prompt_tokens", "an integer >= -1"),
+        ("seed", "an integer"),
+        ("priority", "an integer"),
+        ("temperature", "a number >= 0"),
+        ("top_p", "a number in (0, 1]"),
+        ("min_p", "a number in [0, 1]"),
+        ("presence_penalty", "a number in [-2, 2]"),
+        ("frequency_penalty", "a number in [-2, 2]"),
+        ("repetition_penalty", "a positive number"),
+        ("length_penalty", "a number"),
+        ("stop", "a string or a list of strings"),
+        ("logprobs", "true or false"),
+        ("logit_bias", "a mapping"),
+        ("tools", "a list"),
+        ("tool_choice", "a string or a mapping"),
+        ("guided_choice", "a list of strings"),
+        ("user", "a string"),
+    ],
+)
+def test_the_config_reader_says_the_bounds(key: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(params(**{key: float("nan")}), environ={})
+    assert str(caught.value) == f"llm.params.{key}: expected {expected}, found nan"
+    assert caught.value.key_path == f"llm.params.{key}"
