@@ -27,6 +27,7 @@ import httpx
 
 from .call.spec import route_headers
 from .config import RouteConfig
+from .config.redact import scrub, secret_forms
 
 
 @dataclass(slots=True)
@@ -181,25 +182,6 @@ def describe_failure(exc: BaseException, timeout: float) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _secret_forms(route: RouteConfig) -> list[str]:
-    """The route's api_key and header values as they may appear in an exception's text
-    (as is, stripped, escaped as in a repr of str or bytes), longest first."""
-    values = [route.api_key] if route.api_key not in ("", "EMPTY") else []
-    values.extend(route.headers.values())
-    forms: set[str] = set()
-    for value in values:
-        escaped_bytes = repr(value.encode("utf-8", "replace"))[2:-1]
-        forms.update((value, value.strip(), repr(value)[1:-1], escaped_bytes))
-    return sorted((form for form in forms if len(form) >= 4), key=len, reverse=True)
-
-
-def _scrub(text: str, route: RouteConfig) -> str:
-    """``text`` with every form of the route's secrets masked (in case a library quoted one)."""
-    for form in _secret_forms(route):
-        text = text.replace(form, "***")
-    return text
-
-
 def _failure(
     check: RouteCheck,
     exc: BaseException,
@@ -209,7 +191,7 @@ def _failure(
 ) -> RouteCheck:
     reason = describe_failure(exc, timeout)
     if route is not None:
-        reason = _scrub(reason, route)
+        reason = scrub(reason, secret_forms([route]))
     check.error = reason if step == "/health" else f"{step}: {reason}"
     return check
 
@@ -279,9 +261,9 @@ def _setup_failure(route: RouteConfig, exc: Exception) -> RouteCheck:
     check = RouteCheck(route.name, route.shown_url, route.model)
     reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or type(exc).__name__
     if isinstance(route.verify, str):
-        check.error = _scrub(f"cannot use verify {route.verify!r}: {reason}", route)
+        check.error = scrub(f"cannot use verify {route.verify!r}: {reason}", secret_forms([route]))
     else:
-        check.error = _scrub(f"cannot set up the HTTP client: {reason}", route)
+        check.error = scrub(f"cannot set up the HTTP client: {reason}", secret_forms([route]))
     return check
 
 

@@ -35,13 +35,14 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
 from .checks import RouteCheck
 from .config import LLMConfig, load_config
+from .config.redact import scrub, secret_forms
 from .errors import ConfigError
 from .factory import LLMFactory
 
@@ -62,8 +63,6 @@ EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 130
 
 _ENV_OVERRIDES = ("VLLM_BASE_URL", "VLLM_MODEL", "VLLM_API_KEY")
-_NO_SECRET = frozenset({"", "EMPTY"})
-_MASK = "***"
 
 
 # --------------------------------------------------------------------------- the report
@@ -95,28 +94,6 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _scrub(text: str | None, secrets: Iterable[str]) -> str | None:
-    if text is None:
-        return None
-    for secret in secrets:
-        text = text.replace(secret, _MASK)
-    return text
-
-
-def _secrets(config: LLMConfig) -> list[str]:
-    """Every api_key and header value of the config, longest first (so none half-replaced)."""
-    values: list[str] = []
-    for route in config.routes.values():
-        if route.api_key not in _NO_SECRET:
-            values.append(route.api_key)
-        values.extend(route.headers.values())
-    found: set[str] = set()
-    for value in values:  # also as a library may quote it: stripped, or escaped in a repr
-        escaped_bytes = repr(value.encode("utf-8", "replace"))[2:-1]
-        found.update((value, value.strip(), repr(value)[1:-1], escaped_bytes))
-    return sorted((form for form in found if len(form) >= 4), key=len, reverse=True)
-
-
 def run_checks(
     config: LLMConfig, timeout: float = DEFAULT_TIMEOUT, *, env: Sequence[str] = ()
 ) -> Report:
@@ -135,12 +112,12 @@ def run_checks(
         checks = provider.health_checks(timeout)
     finally:
         provider.close()
-    secrets = _secrets(config)
+    secrets = secret_forms(config.routes.values())
     clean = tuple(
         dataclasses.replace(
             check,
-            base_url=_scrub(check.base_url, secrets) or "",  # a password is masked already
-            error=_scrub(check.error, secrets),
+            base_url=scrub(check.base_url, secrets),  # a password is masked already
+            error=None if check.error is None else scrub(check.error, secrets),
         )
         for check in checks
     )

@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from .config.redact import without_credentials
 from .errors import (
     APIStatusError,
     Attempt,
@@ -92,7 +93,7 @@ def status_error(
 ) -> APIStatusError:
     message, error_type = server_message(body)
     if 300 <= status < 400:
-        target = _without_credentials(location) if location else "elsewhere"
+        target = without_credentials(location) if location else "elsewhere"
         message = f"redirect to {target} not followed (check the route's base_url)"
     text = f"HTTP {status}" + (f": {message}" if message else "")
     return status_error_class(status)(
@@ -104,15 +105,6 @@ def status_error(
         body=body[:2000].decode("utf-8", "replace"),
         attempts=attempts,
     )
-
-
-def _without_credentials(url: str) -> str:
-    """A URL to show: no user:password@, no query string (either may carry a secret)."""
-    try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError, ValueError):
-        return "an invalid location"
-    return str(parsed.copy_with(userinfo=b"", query=None, fragment=None))
 
 
 def transport_error(route: str, exc: BaseException) -> RouteError:

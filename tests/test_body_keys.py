@@ -1,5 +1,5 @@
 """One source for each rule that used to be written twice: the request-body keys (how the config
-reads them, how a call checks them)."""
+reads them, how a call checks them) and the masking of secrets in what is shown."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from llm.call.validate import KEYWORD_CHECKS
-from llm.config import parse_config
+from llm.config import RouteConfig, parse_config
 from llm.config.body_keys import BODY_KEYS, SERVER_KEYS
+from llm.config.redact import scrub, secret_forms, without_credentials
 from llm.config.sections import BODY_READERS, PARAMS_KEYS, body_reader
 from llm.errors import ConfigError
 
@@ -91,3 +92,29 @@ def test_the_config_reader_says_the_bounds(key: str, expected: str) -> None:
         parse_config(params(**{key: float("nan")}), environ={})
     assert str(caught.value) == f"llm.params.{key}: expected {expected}, found nan"
     assert caught.value.key_path == f"llm.params.{key}"
+
+
+def test_without_credentials_keeps_only_where_a_url_points() -> None:
+    url = "https://user:pw@other.example:8443/v1/chat?token=abc#frag"
+    assert without_credentials(url) == "https://other.example:8443/v1/chat"
+    assert without_credentials("http://[::1]:8000/v1?k=s") == "http://[::1]:8000/v1"
+    assert without_credentials("/v1/elsewhere?k=s") == "/v1/elsewhere"
+    for garbage in ("http://[::1", "http://h:port/", "http://h/\r\nSet-Cookie: x"):
+        assert without_credentials(garbage) == "an invalid location"
+
+
+def test_secret_forms_mask_a_key_however_it_is_quoted() -> None:
+    key = "sk-\\ünïcode-key "  # a backslash, non-ASCII characters and a trailing space
+    route = RouteConfig("a", "http://h/v1", "m", api_key=key, headers={"X-Token": "hdr-secret"})
+    quoted = (
+        f"as is <{key}>, stripped <{key.strip()}>, str repr {key!r}, "
+        f"bytes repr {key.encode()!r}, header {'hdr-secret'!r}"
+    )
+    assert len({key, key.strip(), repr(key)[1:-1], repr(key.encode())[2:-1]}) == 4
+    forms = secret_forms([route])
+    assert len(forms) == 5 and forms == sorted(forms, key=len, reverse=True)
+    assert scrub(quoted, forms) == (
+        "as is <***>, stripped <***>, str repr '***', bytes repr b'***', header '***'"
+    )
+    assert secret_forms([RouteConfig("b", "http://h/v1", "m")]) == []  # "EMPTY" is no secret
+    assert secret_forms([RouteConfig("c", "http://h/v1", "m", api_key="abc")]) == []  # too short

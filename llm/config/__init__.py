@@ -14,7 +14,8 @@ Which module does what:
   whole ``llm:``) from raw data, and the keys each section allows.
 - ``readers``: the typed readers (string, number, integer, bool, URL, ...) and the error
   messages they raise.
-- ``redact``: showing a value without its secrets (a URL's ``user:password@``).
+- ``redact``: showing a value without its secrets: a URL's ``user:password@`` (and query),
+  every quoted form of a route's ``api_key`` and header values.
 """
 
 from __future__ import annotations
