@@ -1,5 +1,6 @@
 """One source for each rule that used to be written twice: the request-body keys (how the config
-reads them, how a call checks them) and the masking of secrets in what is shown."""
+reads them, how a call checks them), which routes serve a model (the config's pool and the
+balancer's), and the masking of secrets in what is shown."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import pytest
 from llm.call.validate import KEYWORD_CHECKS
 from llm.config import RouteConfig, parse_config
 from llm.config.body_keys import BODY_KEYS, SERVER_KEYS
+from llm.config.model import serving
 from llm.config.redact import scrub, secret_forms, without_credentials
 from llm.config.sections import BODY_READERS, PARAMS_KEYS, body_reader
 from llm.errors import ConfigError
+from llm.routing.balancer import Balancer
 
 
 def params(**values: Any) -> dict[str, Any]:
@@ -92,6 +95,45 @@ def test_the_config_reader_says_the_bounds(key: str, expected: str) -> None:
         parse_config(params(**{key: float("nan")}), environ={})
     assert str(caught.value) == f"llm.params.{key}: expected {expected}, found nan"
     assert caught.value.key_path == f"llm.params.{key}"
+
+
+ROUTES = [
+    RouteConfig("a", "http://a/v1", "big"),
+    RouteConfig("b", "http://b/v1", "big"),
+    RouteConfig("small", "http://s/v1", "tiny"),
+    RouteConfig("spare", "http://f/v1", "big"),
+]
+
+
+def names(routes: list[RouteConfig]) -> list[str]:
+    return [route.name for route in routes]
+
+
+def test_serving_keeps_the_fallback_out_of_a_pool_it_shares() -> None:
+    assert names(serving(ROUTES, "big", "spare")) == ["a", "b"]
+    assert names(serving(ROUTES, "big", None)) == ["a", "b", "spare"]
+
+
+def test_serving_finds_the_fallback_when_only_it_serves_the_model() -> None:
+    assert names(serving(ROUTES, "tiny", "small")) == ["small"]
+    assert names(serving(ROUTES, "tiny", "spare")) == ["small"]
+
+
+def test_serving_an_unknown_model_is_empty() -> None:
+    assert serving(ROUTES, "nope", "spare") == []
+    assert serving([], "big", None) == []
+
+
+@pytest.mark.parametrize("fallback", ["small", "spare"])
+def test_the_config_and_the_balancer_pool_alike(fallback: str) -> None:
+    routes = {route.name: {"base_url": route.base_url, "model": route.model} for route in ROUTES}
+    config = parse_config({"llm": {"routes": routes, "fallback_route": fallback}}, environ={})
+    balancer = Balancer(config.routes.values(), fallback_route=fallback)
+    for model in ("big", "tiny"):
+        pool = balancer.pool(model)
+        assert pool is not None
+        assert tuple(route.name for route in pool.routes) == config.pool(model)
+    assert config.pool("nope") == () and balancer.pool("nope") is None
 
 
 def test_without_credentials_keeps_only_where_a_url_points() -> None:

@@ -14,7 +14,7 @@ Nothing here reads or checks raw data: ``sections`` does, then builds these clas
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -162,11 +162,23 @@ class LLMConfig:
         return self.routes[self.default_route].model
 
     def pool(self, model: str | None = None) -> tuple[str, ...]:
-        """Names of the routes serving ``model`` (default: ``default_model``), in file order,
-        without the fallback route."""
+        """Names of the routes serving ``model`` (default: ``default_model``), in file order:
+        without the fallback route, unless only the fallback serves it (see ``serving``)."""
         wanted = self.default_model if model is None else model
         return tuple(
-            name
-            for name, route in self.routes.items()
-            if route.model == wanted and name != self.fallback_route
+            route.name for route in serving(self.routes.values(), wanted, self.fallback_route)
         )
+
+
+def serving(
+    routes: Iterable[RouteConfig], model: str, fallback_route: str | None
+) -> list[RouteConfig]:
+    """The routes that serve ``model``, in the given order: the pool a call for it uses.
+
+    The fallback route is kept out of a pool it shares with other routes (it is tried only
+    once the pool has failed); when no other route serves ``model``, the fallback alone does
+    (asking for the fallback's own model finds it). No route with that model: an empty list.
+    The config (``LLMConfig.pool``) and the balancer (``Balancer.pool``) both follow it.
+    """
+    matching = [route for route in routes if route.model == model]
+    return [route for route in matching if route.name != fallback_route] or matching

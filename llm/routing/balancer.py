@@ -32,6 +32,7 @@ from typing import Any
 from loguru import logger
 
 from ..config import HealthConfig, RouteConfig
+from ..config.model import serving
 from .health import RouteHealth
 from .policies import POLICIES, LeastLatency, Policy, RoundRobin
 from .state import Pool, RouteState
@@ -82,16 +83,11 @@ class Balancer:
     # -- pools ---------------------------------------------------------------------------
 
     def pool(self, model: str) -> Pool | None:
-        """The pool serving ``model``: its routes without the fallback (cached)."""
+        """The pool serving ``model`` (cached): the routes ``serving`` names, by its rule."""
         pool = self._pools.get(model)
         if pool is None:
-            members = [
-                r
-                for r in self.routes.values()
-                if r.config.model == model and r.name != self.fallback_route
-            ]
-            if not members:
-                members = [r for r in self.routes.values() if r.config.model == model]
+            configs = (r.config for r in self.routes.values())
+            members = [self.routes[c.name] for c in serving(configs, model, self.fallback_route)]
             if not members:
                 return None
             pool = self._new_pool(model, members)
