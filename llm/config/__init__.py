@@ -7,11 +7,14 @@ problem. Importing this package imports neither PyYAML nor difflib.
 Which module does what:
 
 - ``model``: the frozen dataclasses (``LLMConfig``, ``RouteConfig``, ``RetryConfig``,
-  ``HealthConfig``), their defaults and ``KNOWN_POLICIES``.
+  ``HealthConfig``), their defaults, ``KNOWN_POLICIES``, and ``serving``: which routes serve a
+  model (the pool rule of the config and of the balancer).
 - ``load``: the YAML file, the ``llm:`` unwrapping, ``${VAR}`` interpolation, the ``VLLM_*``
   environment overrides, ``parse_config`` and ``load_config``.
 - ``sections``: building each section (``params``, ``routes``, ``retry``, ``health``, the
   whole ``llm:``) from raw data, and the keys each section allows.
+- ``body_keys``: the request-body keys as data (kind, bounds), read by the config and by the
+  call checks (``llm.call.validate``).
 - ``readers``: the typed readers (string, number, integer, bool, URL, ...) and the error
   messages they raise.
 - ``redact``: showing a value without its secrets: a URL's ``user:password@`` (and query),

@@ -3,7 +3,7 @@
 How this works
 --------------
 ``BODY_KEYS`` maps each body key (``temperature``, ``max_tokens``, ``stop``, ...) to a
-``BodyKey``: its *kind* and, for numbers, the bounds the config enforces. Two readers derive
+``BodyKey``: its *kind* and, for numbers, the bounds the config enforces. Two users derive
 what they need from it and from nothing else:
 
 - the config (``sections``): ``llm.params.<key>`` is read by the reader of its kind with its

@@ -9,6 +9,9 @@ mappings (``routes``, ``params``, ``headers``) are read-only copies
 mapping proxy does not pickle. Reprs show no secret: a route's ``api_key`` and ``headers`` are
 left out and a ``user:password@`` in its ``base_url`` is masked (``shown_url``).
 
+``serving`` says which routes serve a model: the pool rule, for the config
+(``LLMConfig.pool``) and the balancer (``Balancer.pool``) alike.
+
 Nothing here reads or checks raw data: ``sections`` does, then builds these classes.
 """
 

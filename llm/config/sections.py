@@ -9,8 +9,9 @@ hint), the values checked and converted, the cross-checks (``backoff_max >=
 backoff_initial``, ``max_cooldown >= cooldown``, a fallback route other than the default),
 then the frozen dataclasses of ``model``. ``llm.params`` holds the control keys
 (``CONTROL_PARAMS``: timeouts, retries, the response cap) and the request-body defaults, each
-body key read by its own reader; ``extra_body`` is merged into the body as it is. The first
-problem raises one ``ConfigError`` naming its key path.
+body key read by the reader of its kind, with its bounds, from the table of ``body_keys``
+(``BODY_READERS``); ``extra_body`` is merged into the body as it is. The first problem raises
+one ``ConfigError`` naming its key path.
 """
 
 from __future__ import annotations
@@ -278,6 +279,7 @@ def _health(path: str, value: object) -> HealthConfig:
 
 
 def build(raw: Mapping[Any, Any], source: str | None) -> LLMConfig:
+    """The ``LLMConfig`` of the ``llm`` mapping ``raw``; ``source`` is recorded on it."""
     path = "llm"
     check_keys(path, raw, LLM_KEYS)
     provider = read_string(join(path, "provider"), raw.get("provider", DEFAULT_PROVIDER))
