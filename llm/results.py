@@ -1,10 +1,12 @@
 """Results handed to callers: OpenAI-shaped data plus where it came from.
 
-``ChatResult`` and ``CompletionResult`` wrap a decoded answer (``raw``) with the route that
-answered, the attempts made and the latency. ``StreamEvent`` is one typed piece of a stream
-(content, reasoning, a tool-call fragment, usage, the end). ``StreamAccumulator`` turns
-chat-stream chunks into those events and remembers what a whole answer needs (tool calls
-joined from their fragments, usage, finish reason).
+``Reply`` is what a non-streamed call got back from the route that answered (the senders
+make it); ``ChatResult`` and ``CompletionResult`` are made from one (``from_reply``): the
+decoded answer (``raw``) with the route that answered, the attempts made and the latency.
+``StreamEvent`` is one typed piece of a stream (content, reasoning, a tool-call fragment,
+usage, the end). ``StreamAccumulator`` turns chat-stream chunks into those events and
+remembers what a whole answer needs (tool calls joined from their fragments, usage, finish
+reason).
 """
 
 from __future__ import annotations
@@ -15,7 +17,20 @@ from typing import Any, Literal
 
 from .errors import Attempt
 
-__all__ = ["ChatResult", "CompletionResult", "StreamAccumulator", "StreamEvent"]
+__all__ = ["ChatResult", "CompletionResult", "Reply", "StreamAccumulator", "StreamEvent"]
+
+
+@dataclass(slots=True)
+class Reply:
+    """A successful non-streamed answer: its bytes, its decoded JSON and how it was got."""
+
+    route: str
+    status_code: int
+    headers: Mapping[str, str]
+    content: bytes
+    data: Any
+    attempts: list[Attempt]
+    latency_s: float
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass costs microseconds per call to make
@@ -38,9 +53,8 @@ class ChatResult:
         return self.content or ""
 
     @classmethod
-    def from_answer(
-        cls, data: Mapping[str, Any], route: str, attempts: tuple[Attempt, ...], latency_s: float
-    ) -> ChatResult:
+    def from_reply(cls, reply: Reply) -> ChatResult:
+        data = reply.data
         choice = data["choices"][0] if data.get("choices") else {}
         message = choice.get("message") or {}
         reasoning = message.get("reasoning")
@@ -53,9 +67,9 @@ class ChatResult:
             reasoning=reasoning,
             finish_reason=choice.get("finish_reason"),
             usage=data.get("usage"),
-            route=route,
-            attempts=attempts,
-            latency_s=latency_s,
+            route=reply.route,
+            attempts=tuple(reply.attempts),
+            latency_s=reply.latency_s,
             raw=data,
             model=data.get("model"),
         )
@@ -77,17 +91,16 @@ class CompletionResult:
         return self.text
 
     @classmethod
-    def from_answer(
-        cls, data: Mapping[str, Any], route: str, attempts: tuple[Attempt, ...], latency_s: float
-    ) -> CompletionResult:
+    def from_reply(cls, reply: Reply) -> CompletionResult:
+        data = reply.data
         choice = data["choices"][0] if data.get("choices") else {}
         return cls(
             text=choice.get("text") or "",
             finish_reason=choice.get("finish_reason"),
             usage=data.get("usage"),
-            route=route,
-            attempts=attempts,
-            latency_s=latency_s,
+            route=reply.route,
+            attempts=tuple(reply.attempts),
+            latency_s=reply.latency_s,
             raw=data,
         )
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Load test through the llm-routes provider; ``--demo`` runs the built-in demo.
 
-A thin entry point: the logic is ``llm.bench`` (also installed as the ``llm-bench`` command).
+A thin entry point: the logic is ``llm.cli.bench`` (also installed as the ``llm-bench`` command).
 """
 
 import os
@@ -9,7 +9,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from llm.bench import main
+from llm.cli.bench import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from llm.config import HealthConfig, RouteConfig
-from llm.routing import Balancer, Pool
+from llm.routing import Balancer, HealthListener, Pool
 
 
 class FakeClock:
@@ -52,6 +52,7 @@ def make_balancer(clock: FakeClock) -> MakeBalancer:
         health: HealthConfig | None = None,
         fallback_route: str | None = None,
         seed: int = 0,
+        on_health: HealthListener | None = None,
     ) -> Balancer:
         configs = [route_config(r) if isinstance(r, str) else r for r in routes]
         return Balancer(
@@ -61,6 +62,7 @@ def make_balancer(clock: FakeClock) -> MakeBalancer:
             fallback_route=fallback_route,
             clock=clock,
             rng=random.Random(seed),
+            on_health=on_health,
         )
 
     return make

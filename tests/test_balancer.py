@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from loguru import logger
 
 from llm.config import HealthConfig
-from llm.routing import Balancer, RouteState
+from llm.routing import Balancer, HealthChange, RouteState
+from llm.send.log import log_health_change
 
 SECRET = "sk-secret-123"
 
@@ -294,7 +295,7 @@ def test_stats_and_repr_never_show_the_api_key(make_balancer: MakeBalancer) -> N
 def test_ejection_recovery_and_misconfiguration_are_logged(
     make_balancer: MakeBalancer, clock: FakeClock, log_lines: list[str]
 ) -> None:
-    balancer = make_balancer("a")
+    balancer = make_balancer("a", on_health=log_health_change)  # as every provider does
     a = balancer.routes["a"]
     balancer.failed(a, balancer.dispatch(a), "HTTP 401: Unauthorized", loud=True)
     assert any(line.startswith("ERROR") and "misconfigured" in line for line in log_lines)
@@ -302,6 +303,34 @@ def test_ejection_recovery_and_misconfiguration_are_logged(
     clock.now = a.health.ejected_until
     balancer.succeeded(a, balancer.dispatch(a))
     assert any("route a is healthy again" in line for line in log_lines)
+
+
+def test_health_changes_go_to_the_listener_and_the_balancer_itself_stays_silent(
+    make_balancer: MakeBalancer, clock: FakeClock, log_lines: list[str]
+) -> None:
+    changes: list[HealthChange] = []
+    balancer = make_balancer("a", "b", on_health=changes.append)
+    a, b = balancer.routes["a"], balancer.routes["b"]
+    balancer.failed(a, balancer.dispatch(a), "HTTP 401: Unauthorized", loud=True)
+    balancer.failed(b, balancer.dispatch(b), "connect error")
+    balancer.failed(b, balancer.dispatch(b), "late")  # ejected already, probing later
+    clock.now = a.health.ejected_until
+    balancer.succeeded(a, balancer.dispatch(a))
+    balancer.observe_check("b", healthy=True)  # an ejected route passing a check: no change
+    balancer.observe_check("a", healthy=False, reason="/health answered HTTP 503")
+    kinds = [(c.kind, c.route, c.by_check) for c in changes]
+    assert kinds == [
+        ("misconfigured", "a", False),
+        ("ejected", "a", False),
+        ("ejected", "b", False),
+        ("ejected", "b", False),
+        ("recovered", "a", False),
+        ("ejected", "a", True),
+    ]
+    assert changes[0].reason == "HTTP 401: Unauthorized"
+    assert changes[2].cooldown_s is not None and 0 < changes[2].cooldown_s <= 5
+    assert changes[-1].reason == "/health answered HTTP 503"
+    assert log_lines == []  # no listener that logs: nothing logged, whatever happened
 
 
 # -- thread safety -----------------------------------------------------------------------

@@ -17,16 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from llm.bench import (
-    BenchSettings,
-    CallRecord,
-    Progress,
-    distribution_ms,
-    percentile,
-    progress_line,
-    settings_from,
-    summarize,
-)
+from llm.cli.bench import Progress, progress_line, settings_from
+from llm.cli.bench_report import distribution_ms, percentile, summarize
+from llm.cli.loadtest import BenchSettings, CallRecord
 from llm.config import parse_config
 from llm.errors import Attempt, ConfigError
 from llm.testing import FakeVLLM

@@ -9,7 +9,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from llm import demo
+from llm.cli import demo
 
 ROOT = Path(__file__).resolve().parent.parent
 

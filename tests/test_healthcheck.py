@@ -22,10 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from llm.checks import RouteCheck
-from llm.config import load_config
-from llm.factory import LLMFactory
-from llm.healthcheck import (
+from llm.cli.healthcheck import (
     Report,
     _use_color,
     exit_code,
@@ -34,6 +31,9 @@ from llm.healthcheck import (
     render_json,
     run_checks,
 )
+from llm.config import load_config
+from llm.factory import LLMFactory
+from llm.probes.check import RouteCheck
 from llm.testing import FakeVLLM
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -78,7 +78,9 @@ def test_from_llm_import_names() -> None:
 EJECT = """
 from llm.config import RouteConfig
 from llm.routing.balancer import Balancer
-balancer = Balancer([RouteConfig(name="a", base_url="http://h/v1", model="m")])
+from llm.send.log import log_health_change
+routes = [RouteConfig(name="a", base_url="http://h/v1", model="m")]
+balancer = Balancer(routes, on_health=log_health_change)  # as every provider does
 route = balancer.routes["a"]
 balancer.failed(route, balancer.dispatch(route), "boom")
 """

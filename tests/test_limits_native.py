@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from llm import VLLMOpenAIProvider, parse_config
+from llm.send.aiohttp_sender import AiohttpSender
 from llm.testing import FakeVLLM
 
 LIMIT = 4096
@@ -82,7 +83,7 @@ def first_attempt_on_bad(bad_url: str, **params: Any) -> Any:
 
         async def call() -> Any:
             provider = VLLMOpenAIProvider(config)
-            assert provider._aengine._native is not None  # the aiohttp path, not httpx
+            assert isinstance(provider._aengine.sender, AiohttpSender)  # aiohttp, not httpx
             try:
                 return await provider.achat_completion([{"role": "user", "content": "hi"}])
             finally:

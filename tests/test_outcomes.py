@@ -11,7 +11,6 @@ import aiohttp
 import httpx
 import pytest
 
-from llm import outcomes
 from llm.errors import (
     APIStatusError,
     AuthenticationError,
@@ -24,15 +23,16 @@ from llm.errors import (
     RouteTimeoutError,
     ServerError,
 )
-from llm.outcomes import (
+from llm.judge import status as outcomes
+from llm.judge.error_body import server_message
+from llm.judge.status import (
     Verdict,
     outcome_name,
     retry_after_seconds,
-    server_message,
     status_error,
-    transport_error,
     verdict_for_status,
 )
+from llm.send.failures import transport_error
 
 # Verbatim vLLM 0.32.0 error bodies (from the captured protocol samples).
 VLLM_404 = (

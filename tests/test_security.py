@@ -42,7 +42,7 @@ import trustme
 import yaml
 from loguru import logger
 
-from llm import bench, healthcheck
+from llm.cli import bench, healthcheck
 from llm.config import LLMConfig, load_config, parse_config
 from llm.errors import (
     AllRoutesFailedError,
@@ -61,8 +61,8 @@ from llm.errors import (
 from llm.factory import LLMFactory
 from llm.providers.vllm_openai import VLLMOpenAIProvider
 from llm.results import ChatResult, StreamEvent
+from llm.send.transport import RoutesUnavailableError
 from llm.testing import FakeVLLM
-from llm.transport import RoutesUnavailableError
 
 SECRET = "sk-SECRET-5e1f9a"  # route keys
 SECRET_B = "sk-SECRET-b7c3d2"

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from llm.sse import SSEDecoder
+from llm.judge.sse import SSEDecoder
 
 # vLLM 0.32.0, POST /v1/chat/completions stream + include_usage, byte for byte
 # (from the captured protocol samples).
@@ -236,7 +236,7 @@ def test_empty_chunk() -> None:
 
 
 def test_an_unfinished_event_past_the_bound_is_refused():
-    from llm.sse import OversizedEventError
+    from llm.judge.sse import OversizedEventError
 
     decoder = SSEDecoder(max_event_bytes=16)
     assert decoder.feed(b"data: 0123456789\n\n") == [b"0123456789"]  # whole events pass

@@ -1,10 +1,9 @@
-"""What one call asks for, and the pure helpers that turn it into bytes for a given route.
+"""What one call asks for, and its body as bytes for a given route.
 
 ``CallSpec`` is the engines' input: a path under the route's ``base_url``, a JSON body without
 ``model`` (the route supplies it), and how to route it (model pool, pinned route, stream).
 ``BodyEncoder`` encodes the body once per distinct (model, send_model) of the routes a call
-visits, so a call that stays in its pool encodes exactly once. The remaining helpers judge
-the decoded JSON of answers and stream events.
+visits, so a call that stays in its pool encodes exactly once.
 """
 
 from __future__ import annotations
@@ -61,61 +60,3 @@ class BodyEncoder:
             encoded = _dumps({"model": model, **body} if model is not None else body).encode()
         self._cache[model] = encoded
         return encoded
-
-
-def route_headers(route: RouteConfig) -> list[tuple[bytes, bytes]]:
-    """The headers every request to ``route`` carries (calls and checks alike), UTF-8 encoded.
-
-    The api_key goes as ``Authorization: Bearer ...`` unless the route's own ``headers`` set an
-    Authorization, which then replaces it rather than being sent beside it."""
-    headers = [
-        (b"accept", b"application/json"),
-        (b"content-type", b"application/json"),
-        (b"user-agent", b"llm-routes"),
-    ]
-    extra = [(k.lower().encode(), v.encode()) for k, v in route.headers.items()]
-    if route.api_key and not any(name == b"authorization" for name, _ in extra):
-        headers.append((b"authorization", b"Bearer " + route.api_key.encode()))
-    headers.extend(extra)
-    return headers
-
-
-def carries_payload(event: Mapping[str, Any]) -> bool:
-    """Does a stream event carry something for the caller (a token, a tool call, an ending)?
-
-    The role-only first chunk of vLLM does not; failover stays possible until one that does.
-    """
-    choices = event.get("choices")
-    if not choices:
-        return bool(event.get("usage"))
-    for choice in choices:
-        if choice.get("finish_reason") is not None or choice.get("text"):
-            return True
-        delta = choice.get("delta")
-        if delta and (
-            delta.get("content")
-            or delta.get("reasoning")
-            or delta.get("reasoning_content")
-            or delta.get("tool_calls")
-            or delta.get("function_call")
-        ):
-            return True
-    return False
-
-
-def error_in(data: Any) -> tuple[str, str | None] | None:
-    """(message, type) when a decoded JSON answer or stream event is an error object."""
-    if not isinstance(data, dict):
-        return None
-    error = data.get("error")
-    if isinstance(error, dict):
-        return str(error.get("message") or "error"), _opt_str(error.get("type"))
-    if isinstance(error, str):
-        return error, None
-    if data.get("object") == "error":
-        return str(data.get("message") or "error"), _opt_str(data.get("type"))
-    return None
-
-
-def _opt_str(value: Any) -> str | None:
-    return None if value is None else str(value)

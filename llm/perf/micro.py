@@ -14,8 +14,8 @@ run of several settings rather than every run of one):
 
 - *pick + report*: ``balancer.pick`` -> ``balancer.dispatch`` -> ``balancer.succeeded``, the
   balancer's share of one successful attempt;
-- *per call*: what ``EngineBase.plan`` and the engines' attempt loop do with routing for a call
-  answered at the first attempt: the model's pool, a ``CallPlan``, ``plan.next()`` (pick),
+- *per call*: what ``routing.plan.plan_call`` and the engines' attempt loop do with routing for
+  a call answered at the first attempt: the model's pool, a ``CallPlan``, ``plan.next()`` (pick),
   ``plan.start()`` (dispatch), ``plan.succeeded()`` (report and the ``Attempt`` record).
 
 Their difference is the ``CallPlan``'s own overhead. There is no routing path outside
@@ -60,7 +60,7 @@ from typing import Any
 
 from ..config import HealthConfig, RetryConfig, RouteConfig
 from ..routing.balancer import Balancer
-from ..routing.plan import CallPlan
+from ..routing.plan import plan_call
 from ..routing.state import Pool, RouteState
 
 POLICIES = ("round_robin", "weighted_round_robin", "least_latency")
@@ -219,16 +219,13 @@ def pick_and_report(setup: Setup) -> Step:
 
 
 def call_routing(setup: Setup) -> Step:
-    """One call answered at its first attempt, as EngineBase.plan and the engine loop do it."""
+    """One call answered at its first attempt, as ``plan_call`` and the engine loop do it."""
     balancer, latency = setup.balancer, setup.latency
     retry = RetryConfig()
     deadline = 120.0
 
     def step() -> None:
-        pool = balancer.pool(MODEL)  # EngineBase.plan: the model's pool (cached)
-        if pool is None:
-            raise RuntimeError("no pool")
-        plan = CallPlan(balancer, pool, None, retry=retry, deadline=deadline, stream=False)
+        plan = plan_call(balancer, route=None, model=MODEL, retry=retry, deadline=deadline)
         route = plan.next()
         if route is None:
             raise RuntimeError("no route available")

@@ -1,8 +1,9 @@
 """Routing decisions: pure, thread-safe, clock and randomness injected, no I/O."""
 
 from .balancer import Balancer
+from .events import HealthChange, HealthListener
 from .health import RouteHealth, State
-from .plan import CallPlan, backoff_delay
+from .plan import CallPlan, backoff_delay, plan_call
 from .policies import POLICIES, LeastLatency, Policy, RoundRobin
 from .state import Pool, RouteState
 
@@ -10,6 +11,8 @@ __all__ = [
     "POLICIES",
     "Balancer",
     "CallPlan",
+    "HealthChange",
+    "HealthListener",
     "LeastLatency",
     "Policy",
     "Pool",
@@ -18,4 +21,5 @@ __all__ = [
     "RouteState",
     "State",
     "backoff_delay",
+    "plan_call",
 ]

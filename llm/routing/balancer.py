@@ -19,6 +19,9 @@ The request life cycle, as the engines drive it::
 ``pick`` asks the policy, then steps around a *stalled* route: one with requests in flight and
 none ending for ``stall_factor`` times its usual latency. A server that accepts and hangs
 would otherwise collect its share of every new request until the first of them times out.
+
+Health changes (ejected, misconfigured, healthy again) go to the ``on_health`` listener as
+``events.HealthChange`` records, after the lock is released; the balancer itself never logs.
 """
 
 from __future__ import annotations
@@ -29,10 +32,9 @@ import time
 from collections.abc import Callable, Collection, Container, Iterable, Sequence
 from typing import Any
 
-from loguru import logger
-
 from ..config import HealthConfig, RouteConfig
 from ..config.model import serving
+from .events import HealthChange, HealthListener
 from .health import RouteHealth
 from .policies import POLICIES, LeastLatency, Policy, RoundRobin
 from .state import Pool, RouteState
@@ -52,8 +54,10 @@ class Balancer:
         fallback_route: str | None = None,
         clock: Clock = time.monotonic,
         rng: random.Random | None = None,
+        on_health: HealthListener | None = None,
     ) -> None:
         self.health_config = health or HealthConfig()
+        self.on_health = on_health
         self.clock = clock
         self.rng = rng or random.Random()
         self.lock = threading.Lock()
@@ -222,8 +226,8 @@ class Balancer:
                 watcher.changed(route, latency is not None, ttft is not None)
         finally:
             lock.release()
-        if not was_healthy and health.healthy:
-            logger.info("route {} is healthy again", route.name)
+        if not was_healthy and health.healthy and self.on_health is not None:
+            self.on_health(HealthChange("recovered", route.name))
 
     def failed(
         self,
@@ -244,10 +248,12 @@ class Balancer:
                 route.retry_after_until = now + retry_after
             ejected = route.health.on_failure(started_at, now, self.rng, min_cooldown)
             until = route.health.ejected_until - now
-        if loud:
-            logger.error("route {} is misconfigured: {}", route.name, reason)
-        if ejected:
-            logger.warning("route {} ejected for {:.2f}s: {}", route.name, until, reason)
+        report = self.on_health
+        if report is not None:
+            if loud:
+                report(HealthChange("misconfigured", route.name, reason))
+            if ejected:
+                report(HealthChange("ejected", route.name, reason, until))
 
     def finished(self, route: RouteState, started_at: float) -> None:
         """The request ended without evidence about the route (a 400, a cancel)."""
@@ -279,7 +285,8 @@ class Balancer:
             # a failed check counts as a request dispatched now, after any earlier ejection
             health.on_failure(max(now, health.ejected_at), now, self.rng)
             until = health.ejected_until - now
-        logger.warning("route {} ejected for {:.2f}s by an active check: {}", name, until, reason)
+        if self.on_health is not None:
+            self.on_health(HealthChange("ejected", name, reason, until, by_check=True))
 
     # -- reading -------------------------------------------------------------------------
 

@@ -19,6 +19,9 @@ Theory of operation
 Reporting: ``start`` marks the route busy and returns the start time; ``succeeded``,
 ``failed`` and ``finished`` (no evidence either way) release it, update health and record an
 ``Attempt``.
+
+``plan_call`` makes the plan of one call: a pinned route alone, or the pool serving the
+call's model with the fallback route after it (unless the fallback is in that pool).
 """
 
 from __future__ import annotations
@@ -27,11 +30,55 @@ import random
 from collections.abc import Callable
 
 from ..config import RetryConfig
-from ..errors import AllRoutesFailedError, Attempt, LLMError, RouteError
+from ..errors import AllRoutesFailedError, Attempt, LLMError, NoRouteError, RouteError
 from .balancer import Balancer
 from .state import Pool, RouteState
 
 Clock = Callable[[], float]
+
+
+def plan_call(
+    balancer: Balancer,
+    *,
+    route: str | None,
+    model: str,
+    retry: RetryConfig,
+    deadline: float,
+    stream: bool = False,
+    max_retries: int | None = None,
+) -> CallPlan:
+    """The plan of one call: ``route`` pinned, else ``model``'s pool then the fallback route.
+
+    Raises ``NoRouteError`` naming what exists when no route has that name or serves that
+    model."""
+    fallback = None
+    if route is not None:
+        try:
+            pool = balancer.single(route)
+        except KeyError:
+            raise NoRouteError(
+                f"no route named {route!r}; configured routes: " + ", ".join(balancer.routes)
+            ) from None
+    else:
+        found = balancer.pool(model)
+        if found is None:
+            raise NoRouteError(
+                f"no route serves model {model!r}; models served: "
+                + ", ".join(balancer.models())
+            )
+        pool = found
+        name = balancer.fallback_route
+        if name is not None and name not in pool.names:
+            fallback = balancer.single(name)
+    return CallPlan(
+        balancer,
+        pool,
+        fallback,
+        retry=retry,
+        deadline=deadline,
+        stream=stream,
+        max_retries=max_retries,
+    )
 
 
 def backoff_delay(retry_number: int, retry: RetryConfig, rng: random.Random) -> float:

@@ -40,11 +40,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
-from .checks import RouteCheck
-from .config import LLMConfig, load_config
-from .config.redact import scrub, secret_forms
-from .errors import ConfigError
-from .factory import LLMFactory
+from ..config import LLMConfig, load_config
+from ..config.redact import scrub, secret_forms
+from ..errors import ConfigError
+from ..factory import LLMFactory
+from ..probes.check import RouteCheck
 
 __all__ = [
     "Report",

@@ -24,9 +24,13 @@ from typing import Any
 
 import httpx
 
-from .call.spec import CallSpec
-from .engine import AsyncEngine, AsyncStream, Reply, SyncEngine, SyncStream
-from .errors import AllRoutesFailedError, APIStatusError, LLMError, NoRouteError
+from ..call.spec import CallSpec
+from ..errors import AllRoutesFailedError, APIStatusError, LLMError, NoRouteError
+from ..results import Reply
+from ._async.engine import AsyncEngine
+from ._async.stream import AsyncStream
+from ._sync.engine import SyncEngine
+from ._sync.stream import SyncStream
 
 __all__ = ["AsyncRoutingTransport", "RoutesUnavailableError", "RoutingTransport"]
 

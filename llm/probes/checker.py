@@ -1,7 +1,7 @@
-"""Optional active health checks in the background (``llm.health.check_interval`` > 0).
+"""Active health checks in the background (``llm.health.check_interval`` > 0).
 
 Every ``interval`` seconds a daemon thread looks at every route (``GET /health`` and
-``GET /v1/models``, see ``checks``) and tells the balancer: a healthy route that fails its
+``GET /v1/models``, see ``check``) and tells the balancer: a healthy route that fails its
 check is ejected before a caller's request has to discover it; an ejected route that passes
 may take its trial request at once instead of waiting out its cooldown. A passing check never
 makes a route healthy by itself: only a real request does.
@@ -10,13 +10,12 @@ makes a route healthy by itself: only a real request does.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-import httpx
-
-from .checks import check_routes
-from .config import RouteConfig
-from .routing.balancer import Balancer
+from ..config import RouteConfig
+from ..routing.balancer import Balancer
+from ..send.protocols import SyncSender
+from .run import check_routes
 
 
 class ActiveChecker:
@@ -24,15 +23,17 @@ class ActiveChecker:
         self,
         routes: Sequence[RouteConfig],
         balancer: Balancer,
-        transport_for: Callable[[RouteConfig], httpx.BaseTransport],
+        sender: SyncSender,
         interval: float,
         timeout: float,
+        limit: int,
     ) -> None:
         self.routes = list(routes)
         self.balancer = balancer
-        self.transport_for = transport_for
+        self.sender = sender
         self.interval = interval
         self.timeout = timeout
+        self.limit = limit
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="llm-routes-checker", daemon=True)
 
@@ -41,7 +42,7 @@ class ActiveChecker:
         return self
 
     def run_once(self) -> None:
-        for check in check_routes(self.routes, self.transport_for, self.timeout):
+        for check in check_routes(self.routes, self.sender, self.timeout, self.limit):
             self.balancer.observe_check(check.route, check.healthy, check.error)
 
     def _run(self) -> None:

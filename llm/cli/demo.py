@@ -1,13 +1,13 @@
 """The main job on a built-in default: a small fake vLLM fleet, a few hundred calls, one killed.
 
-``python scripts/bench_vllm.py --demo`` (or ``llm-demo``, ``python -m llm.demo``) starts four
+``python scripts/bench_vllm.py --demo`` (or ``llm-demo``, ``python -m llm.cli.demo``) starts four
 fake vLLM servers on 127.0.0.1: *fast* (5 ms), *slow* (50 ms), *flaky* (10 ms, one call in five
 answers 503) and *fallback* (a smaller model, the config's ``fallback_route``). It writes their
 config to a temporary directory, loads it the way an application does, routes ``--requests``
 chat calls through one provider with the least_latency policy, kills *fast* halfway (its port
 then refuses connections and its open connections are dropped), and prints what happened: each
 route's share, the failovers, the calls lost (the point: none) and the latency. It uses the
-benchmark's machinery (:mod:`llm.bench`), so ``--json`` prints the benchmark's report too.
+load test's machinery (:mod:`llm.cli.loadtest`), so ``--json`` prints the benchmark's report too.
 Every server it started is stopped and the temporary directory removed before it exits.
 """
 
@@ -23,10 +23,11 @@ from typing import Any
 
 import yaml
 
-from .bench import BenchSettings, run_async, summarize
-from .config import LLMConfig, load_config
-from .providers.vllm_openai import VLLMOpenAIProvider
-from .testing import FakeVLLM
+from ..config import LLMConfig, load_config
+from ..providers.vllm_openai import VLLMOpenAIProvider
+from ..testing import FakeVLLM
+from .bench_report import summarize
+from .loadtest import BenchSettings, run_async
 
 ROLES = {
     "fast": "5 ms",

@@ -1,0 +1,78 @@
+"""What a stream's events carry, and whether a stream is one at all.
+
+vLLM streams chat and text completions as server-sent events, ``data: <json chunk>`` each,
+ended by ``data: [DONE]`` (``sse.SSEDecoder`` does the framing). Here:
+
+- ``stream_problem``: an answer to a stream request that is not an event stream;
+- ``events_of``: the decoded chunks a piece of the body completes; a chunk that is not JSON,
+  not an object, or an error object raises ``InvalidResponseError``;
+- ``carries_payload``: does a chunk carry something for the caller (a token, a tool call, an
+  ending, usage)? Until one does, the stream may still fail over to another route: vLLM's
+  first chunk carries only the role.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import InvalidResponseError
+from .answers import loads, oversized, snippet
+from .error_body import error_in
+from .sse import OversizedEventError, SSEDecoder
+
+
+def stream_problem(headers: Mapping[str, str]) -> str | None:
+    """What is wrong with a 2xx answer to a stream request, or None."""
+    content_type = headers.get("content-type", "")
+    if "text/event-stream" not in content_type:
+        return f"content-type {content_type or 'missing'!r} instead of an event stream"
+    return None
+
+
+def events_of(decoder: SSEDecoder, chunk: bytes, route: str) -> list[dict[str, Any]]:
+    """The events that ``chunk`` completes, decoded; a broken or error event raises."""
+    try:
+        payloads = decoder.feed(chunk)
+    except OversizedEventError as exc:
+        raise oversized(route, exc.limit, "stream event") from None
+    events = []
+    for data in payloads:
+        try:
+            event = loads(data)
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidResponseError(
+                f"stream event is not JSON: {snippet(data)!r}", route=route
+            ) from None
+        if type(event) is not dict or "choices" not in event:  # a chunk has choices (maybe [])
+            _check_event(event, route)
+        events.append(event)
+    return events
+
+
+def _check_event(event: Any, route: str) -> None:
+    if not isinstance(event, dict):
+        raise InvalidResponseError("stream event is not a JSON object", route=route)
+    found = error_in(event)
+    if found is not None:
+        raise InvalidResponseError(f"server error in stream: {found[0]}", route=route)
+
+
+def carries_payload(event: Mapping[str, Any]) -> bool:
+    """Does a stream event carry something for the caller (a token, a tool call, an ending)?"""
+    choices = event.get("choices")
+    if not choices:
+        return bool(event.get("usage"))
+    for choice in choices:
+        if choice.get("finish_reason") is not None or choice.get("text"):
+            return True
+        delta = choice.get("delta")
+        if delta and (
+            delta.get("content")
+            or delta.get("reasoning")
+            or delta.get("reasoning_content")
+            or delta.get("tool_calls")
+            or delta.get("function_call")
+        ):
+            return True
+    return False

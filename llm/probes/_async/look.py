@@ -1,0 +1,51 @@
+"""One look at one route: ``GET /health``, then ``GET /v1/models``, each bounded in time and size.
+
+Both requests carry what calls carry (the route's key and headers: a proxy in front of vLLM
+may want them) and go through the provider's own sender. Each must be answered in full within
+``timeout`` and ``limit`` bytes (``read_body``); any failure becomes the check's ``error``
+(``check.failed_check``), never an exception. Written once, for async; ``scripts/unasync.py``
+writes the sync twin from it.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ...call.headers import route_headers
+from ...config import RouteConfig
+from ...send._async.read import read_body
+from ...send.protocols import AsyncSender, Request
+from ..check import RouteCheck, elapsed_ms, failed_check, judge_check, new_check
+
+
+async def acheck_route(
+    sender: AsyncSender, route: RouteConfig, timeout: float, limit: int
+) -> RouteCheck:
+    check = new_check(route)
+    headers = route_headers(route)
+    clock = time.perf_counter
+    started = clock()
+    step = "/health"
+    try:
+        url = route.server_url + "/health"
+        health = await sender.send(Request(route, "GET", url, headers, None, timeout, timeout))
+        try:
+            await read_body(health, route.name, limit, clock, started, timeout)
+        finally:
+            await health.aclose()
+        check.health_ms = elapsed_ms(started)
+        step = "/v1/models"
+        models_started = clock()
+        url = route.base_url + "/models"
+        models = await sender.send(Request(route, "GET", url, headers, None, timeout, timeout))
+        try:
+            body = await read_body(models, route.name, limit, clock, models_started, timeout)
+        finally:
+            await models.aclose()
+        check.models_ms = elapsed_ms(models_started)
+    except Exception as exc:  # noqa: BLE001 - a check reports every failure, never raises
+        return failed_check(check, exc, timeout, step, route)
+    check.latency_ms = elapsed_ms(started)
+    content_type = models.headers.get("content-type")
+    judge_check(check, health.status_code, models.status_code, body, content_type)
+    return check

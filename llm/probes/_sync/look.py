@@ -1,0 +1,53 @@
+# Generated from llm/probes/_async/look.py by scripts/unasync.py: do not edit.
+# Edit the async file, then run `python scripts/unasync.py` (CI runs it with --check).
+"""One look at one route: ``GET /health``, then ``GET /v1/models``, each bounded in time and size.
+
+Both requests carry what calls carry (the route's key and headers: a proxy in front of vLLM
+may want them) and go through the provider's own sender. Each must be answered in full within
+``timeout`` and ``limit`` bytes (``read_body``); any failure becomes the check's ``error``
+(``check.failed_check``), never an exception. Written once, for async; ``scripts/unasync.py``
+writes the sync twin from it.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ...call.headers import route_headers
+from ...config import RouteConfig
+from ...send._sync.read import read_body
+from ...send.protocols import Request, SyncSender
+from ..check import RouteCheck, elapsed_ms, failed_check, judge_check, new_check
+
+
+def check_route(
+    sender: SyncSender, route: RouteConfig, timeout: float, limit: int
+) -> RouteCheck:
+    check = new_check(route)
+    headers = route_headers(route)
+    clock = time.perf_counter
+    started = clock()
+    step = "/health"
+    try:
+        url = route.server_url + "/health"
+        health = sender.send(Request(route, "GET", url, headers, None, timeout, timeout))
+        try:
+            read_body(health, route.name, limit, clock, started, timeout)
+        finally:
+            health.close()
+        check.health_ms = elapsed_ms(started)
+        step = "/v1/models"
+        models_started = clock()
+        url = route.base_url + "/models"
+        models = sender.send(Request(route, "GET", url, headers, None, timeout, timeout))
+        try:
+            body = read_body(models, route.name, limit, clock, models_started, timeout)
+        finally:
+            models.close()
+        check.models_ms = elapsed_ms(models_started)
+    except Exception as exc:  # noqa: BLE001 - a check reports every failure, never raises
+        return failed_check(check, exc, timeout, step, route)
+    check.latency_ms = elapsed_ms(started)
+    content_type = models.headers.get("content-type")
+    judge_check(check, health.status_code, models.status_code, body, content_type)
+    return check

@@ -1,0 +1,112 @@
+"""What one look at a route found: ``RouteCheck``, and the verdict on what was answered.
+
+A check is a look, not traffic: it does not move a route's health by itself (a server can
+answer /health while its model fails); the background checker tells the balancer what it saw.
+A check never raises: every failure becomes a short ``error`` text ("connection refused", "no
+answer within 2s", "/health answered HTTP 503", "model 'x' not served (serves: y)", ...),
+with every form of the route's secrets masked in it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..config import RouteConfig
+from ..config.redact import scrub, secret_forms
+from ..send.failures import describe_failure
+
+_STATUS_HINTS = {
+    401: " (check the route's api_key)",
+    403: " (check the route's api_key)",
+    404: " (check the route's base_url)",
+}
+_MEDIA_TYPE_SHOWN = 60
+
+
+@dataclass(slots=True)
+class RouteCheck:
+    """What one look at one route found.
+
+    ``latency_ms`` is the whole check (both requests, set when both were answered);
+    ``health_ms`` and ``models_ms`` time ``GET /health`` and ``GET /v1/models`` on their own
+    (each set once that request was answered, whatever its status).
+    """
+
+    route: str
+    base_url: str
+    model: str
+    healthy: bool = False
+    latency_ms: float | None = None
+    models: list[str] = field(default_factory=list)
+    max_model_len: int | None = None
+    error: str | None = None
+    health_ms: float | None = None
+    models_ms: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def new_check(route: RouteConfig) -> RouteCheck:
+    return RouteCheck(route.name, route.shown_url, route.model)
+
+
+def elapsed_ms(since: float) -> float:
+    """Milliseconds since a reading of ``time.perf_counter``, rounded for reports."""
+    return round((time.perf_counter() - since) * 1000.0, 2)
+
+
+def _media_type(content_type: str | None) -> str:
+    """``text/html; charset=utf-8`` -> ``text/html``, printable and short; '' when absent."""
+    media = (content_type or "").split(";", 1)[0].strip()
+    media = "".join(ch for ch in media if ch.isprintable())
+    return media[:_MEDIA_TYPE_SHOWN]
+
+
+def judge_check(
+    check: RouteCheck,
+    health_status: int,
+    models_status: int,
+    body: bytes,
+    content_type: str | None = None,
+) -> None:
+    """Fill in ``check`` from the two statuses and the /v1/models body."""
+    if health_status != 200:
+        check.error = f"/health answered HTTP {health_status}"
+        return
+    if models_status != 200:
+        hint = _STATUS_HINTS.get(models_status, "")
+        check.error = f"/v1/models answered HTTP {models_status}{hint}"
+        return
+    try:
+        data = json.loads(body)
+        entries = data["data"]
+        if not isinstance(entries, list):
+            raise TypeError("data is not a list")
+        check.models = [str(entry["id"]) for entry in entries]
+    except (ValueError, KeyError, TypeError):
+        what = _media_type(content_type) or ("empty body" if not body.strip() else "")
+        check.error = "/v1/models answered something that is not a model list" + (
+            f" ({what})" if what else ""
+        )
+        return
+    for entry in entries:
+        if entry.get("id") == check.model and isinstance(entry.get("max_model_len"), int):
+            check.max_model_len = entry["max_model_len"]
+    if check.model not in check.models:
+        served = ", ".join(check.models) if check.models else "no model"
+        check.error = f"model {check.model!r} not served (serves: {served})"
+        return
+    check.healthy = True
+
+
+def failed_check(
+    check: RouteCheck, exc: BaseException, timeout: float, step: str, route: RouteConfig
+) -> RouteCheck:
+    """``check`` failed at ``step`` with ``exc``: the reason, without the route's secrets."""
+    reason = scrub(describe_failure(exc, timeout), secret_forms([route]))
+    check.error = reason if step == "/health" else f"{step}: {reason}"
+    return check

@@ -1,0 +1,1 @@
+"""The sync twins, written by scripts/unasync.py from the async ones."""

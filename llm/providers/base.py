@@ -1,0 +1,126 @@
+"""What a provider holds and does besides its call methods.
+
+``ProviderBase`` wires one provider: the balancer (shared by the sync and async paths, so
+what one learns about a route the other uses; its health changes logged through
+``send.log``), a sync engine over httpx and an async engine over aiohttp (or over httpx
+transports handed in, for tests), and the optional background checker. The call methods
+live in ``_async/api.py`` (written once) and ``_sync/api.py`` (generated from it); the
+provider class (``vllm_openai.py``) puts them together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import httpx
+
+from ..config import LLMConfig, RouteConfig
+from ..errors import AllRoutesFailedError, Attempt
+from ..probes.check import RouteCheck
+from ..probes.checker import ActiveChecker
+from ..routing.balancer import Balancer
+from ..send._async.engine import AsyncEngine
+from ..send._sync.engine import SyncEngine
+from ..send.aiohttp_sender import AiohttpSender
+from ..send.httpx_senders import HttpxAsyncSender, HttpxSender
+from ..send.log import log_health_change
+from ..send.protocols import AsyncSender
+
+_CHECK_TIMEOUT_MAX = 5.0  # seconds: a look at a route needs no more, whatever the call timeout
+
+
+class ProviderBase:
+    """The parts of a provider that are neither sync nor async."""
+
+    name = "vllm_openai"
+
+    def __init__(
+        self,
+        config: LLMConfig,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        async_transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        async_sleep: Callable[[float], Awaitable[None]] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.balancer = Balancer(
+            config.routes.values(),
+            policy=config.lb_policy,
+            health=config.health,
+            fallback_route=config.fallback_route,
+            clock=clock,
+            rng=rng,
+            on_health=log_health_change,
+        )
+        self._engine = SyncEngine(
+            config, self.balancer, HttpxSender(transport), clock=clock, sleep=sleep
+        )
+        async_sender: AsyncSender = (
+            AiohttpSender() if async_transport is None else HttpxAsyncSender(async_transport)
+        )
+        self._aengine = AsyncEngine(
+            config, self.balancer, async_sender, clock=clock, sleep=async_sleep or asyncio.sleep
+        )
+        self._checker: ActiveChecker | None = None
+        if config.health.check_interval > 0:
+            self._checker = ActiveChecker(
+                list(config.routes.values()),
+                self.balancer,
+                self._engine.sender,
+                config.health.check_interval,
+                self._check_timeout(),
+                config.max_response_bytes,
+            ).start()
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} routes={list(self.config.routes)} "
+            f"default={self.config.default_route!r} policy={self.config.lb_policy!r}>"
+        )
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per route: state, requests, failures, in-flight, EWMAs, ejections, last error."""
+        return self.balancer.stats()
+
+    def _check_timeout(self, timeout: float | None = None) -> float:
+        return timeout or min(_CHECK_TIMEOUT_MAX, self.config.timeout)
+
+    def _all_routes(self) -> list[RouteConfig]:
+        return list(self.config.routes.values())
+
+    def _default_routes(self) -> list[RouteConfig]:
+        """The default model's pool and the fallback route: what ``is_available`` asks about."""
+        config = self.config
+        names = list(config.pool(config.default_model))
+        if config.fallback_route is not None and config.fallback_route not in names:
+            names.append(config.fallback_route)
+        return [config.routes[name] for name in names]
+
+    def _merge(self, checks: Sequence[RouteCheck]) -> dict[str, dict[str, Any]]:
+        """Per route: the live check merged with the balancer's state."""
+        stats = self.balancer.stats()
+        report: dict[str, dict[str, Any]] = {}
+        for check in checks:
+            entry = check.as_dict()
+            entry["state"] = stats[check.route]["state"]
+            report[check.route] = entry
+        return report
+
+
+def models_of(checks: Sequence[RouteCheck]) -> list[str]:
+    """The models served by the routes that answered /v1/models, sorted; raises if none did."""
+    answered = [c for c in checks if c.error is None or c.models]
+    if not answered:
+        attempts = [Attempt(c.route, "check_failed", None, c.error) for c in checks]
+        raise AllRoutesFailedError(
+            "no route answered /v1/models: " + "; ".join(f"{c.route}: {c.error}" for c in checks),
+            attempts=attempts,
+        )
+    return sorted({model for c in answered for model in c.models})

@@ -1,0 +1,143 @@
+# Generated from llm/send/_async/engine.py by scripts/unasync.py: do not edit.
+# Edit the async file, then run `python scripts/unasync.py` (CI runs it with --check).
+"""The engine: the attempts of one call, over a sender, until one answer is good.
+
+How this works
+--------------
+``request`` runs a non-streamed call::
+
+    plan = self.plan(spec)                   # routing: the pool, the fallback, the deadline
+    while (route := plan.next()) is not None:
+        sleep(plan.delay); send; read        # I/O: the sender, ``read_body``
+        on an I/O error: plan.failed(...) and go on
+        reply = self.settle(...)             # judge: a Reply, the caller's fault, or go on
+    raise plan.exhausted()
+
+``open_stream`` runs a streamed call the same way up to the stream's first event with a
+payload (``Stream.prime``): until then a failure fails over. It returns the open stream.
+
+Every attempt is reported to the plan exactly once, whatever is raised: an I/O error or a
+limit of ``read_body`` as the route's failure, anything else (a cancellation, the caller's own
+fault) as an attempt without evidence, before it propagates. Written once, for async;
+``scripts/unasync.py`` writes the sync twin from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ...call.spec import BodyEncoder, CallSpec
+from ...config import LLMConfig
+from ...errors import InvalidResponseError
+from ...judge.status import outcome_name
+from ...judge.stream import stream_problem
+from ...results import Reply
+from ...routing.balancer import Balancer
+from ..base import EngineBase
+from ..failures import route_failure
+from ..protocols import SyncSender, SyncSleep
+from .read import read_body
+from .stream import SyncStream
+
+
+class SyncEngine(EngineBase):
+    def __init__(
+        self,
+        config: LLMConfig,
+        balancer: Balancer,
+        sender: SyncSender,
+        *,
+        clock: Callable[[], float],
+        sleep: SyncSleep,
+    ) -> None:
+        super().__init__(config, balancer, clock=clock)
+        self.sender = sender
+        self.sleep = sleep
+
+    def request(self, spec: CallSpec) -> Reply:
+        """A non-streamed call: the first good answer, else the error of the last attempt."""
+        plan = self.plan(spec)
+        body = BodyEncoder(spec)
+        sender, limit, clock = self.sender, self.max_response_bytes, self.clock
+        while (route := plan.next()) is not None:
+            if plan.delay > 0:
+                self.sleep(plan.delay)
+            payload, timeout = self.content(body, route.config), plan.timeout
+            started = plan.start(route)
+            try:
+                answer = sender.send(self.request_for(route.config, spec, payload, timeout))
+                try:
+                    # the common case, a declared length within the cap, without a frame more
+                    content = answer.read_declared(limit)
+                    if content is None:
+                        content = read_body(
+                            answer, route.name, limit, clock, started, timeout
+                        )
+                finally:
+                    answer.close()
+            except BaseException as exc:
+                error = route_failure(route.name, exc, sender.io_errors)
+                if error is None:
+                    plan.finished(route, started)
+                    raise
+                plan.failed(route, started, error, outcome_name(error))
+                continue
+            reply = self.settle(
+                plan, route, started, answer.status_code, answer.headers, content, spec.expect
+            )
+            if reply is not None:
+                return reply
+        raise plan.exhausted()
+
+    def open_stream(self, spec: CallSpec) -> SyncStream:
+        """A streamed call, returned once its first event with a payload is in hand."""
+        plan = self.plan(spec)
+        body = BodyEncoder(spec)
+        sender, limit, clock = self.sender, self.max_response_bytes, self.clock
+        while (route := plan.next()) is not None:
+            if plan.delay > 0:
+                self.sleep(plan.delay)
+            payload, timeout = self.content(body, route.config), plan.timeout
+            started = plan.start(route)
+            stream: SyncStream | None = None
+            content = b""
+            try:
+                answer = sender.send(self.request_for(route.config, spec, payload, timeout))
+                if 200 <= answer.status_code < 300:
+                    problem = stream_problem(answer.headers)
+                    if problem is not None:
+                        answer.close()
+                        raise InvalidResponseError(problem, route=route.name)
+                    stream = SyncStream(
+                        plan,
+                        route,
+                        started,
+                        answer,
+                        clock=clock,
+                        io_errors=sender.io_errors,
+                        max_event_bytes=limit,
+                    )
+                else:
+                    try:
+                        content = read_body(
+                            answer, route.name, limit, clock, started, timeout
+                        )
+                    finally:
+                        answer.close()
+            except BaseException as exc:
+                error = route_failure(route.name, exc, sender.io_errors)
+                if error is None:
+                    plan.finished(route, started)
+                    raise
+                plan.failed(route, started, error, outcome_name(error))
+                continue
+            if stream is None:  # an error status: the caller's fault raises, else go on
+                self.settle(
+                    plan, route, started, answer.status_code, answer.headers, content, spec.expect
+                )
+            elif stream.prime():
+                return stream
+        raise plan.exhausted()
+
+    def close(self) -> None:
+        self.sender.close()

@@ -1,0 +1,188 @@
+# Generated from llm/send/_async/stream.py by scripts/unasync.py: do not edit.
+# Edit the async file, then run `python scripts/unasync.py` (CI runs it with --check).
+"""An open stream of one call: events handed out as they arrive, the route told how it ended.
+
+How this works
+--------------
+The engine opens a stream and calls ``prime``: it reads up to the first event that carries
+something for the caller (``judge.stream.carries_payload``). Up to then a failure is the
+route's, reported to the plan, and the engine fails over to the next route. After that the
+stream belongs to the caller: ``batches()`` gives the events a list per piece of the body
+(``piece`` holds its bytes), iterating gives them one by one, ``iter_raw`` gives the bytes.
+A break after the first token raises ``StreamInterruptedError`` and counts against the
+route; the end (``[DONE]``) counts as a success with the stream's latency and time to first
+token; closing early records the time to first token and frees the route.
+
+Whatever happens, the route is reported exactly once (``_reported``), so in-flight counts stay
+exact, and the connection is released. Written once, for async; ``scripts/unasync.py``
+writes the sync twin from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Generator
+from typing import Any
+
+from ...errors import RouteError, StreamInterruptedError
+from ...judge.answers import too_long
+from ...judge.sse import SSEDecoder
+from ...judge.status import outcome_name
+from ...judge.stream import carries_payload, events_of
+from ...routing.plan import CallPlan
+from ...routing.state import RouteState
+from ..failures import route_failure
+from ..protocols import SyncAnswer
+
+Event = dict[str, Any]
+
+
+class SyncStream:
+    """An open stream: iterate for events (dicts), ``iter_raw`` for bytes; always close it."""
+
+    def __init__(
+        self,
+        plan: CallPlan,
+        route: RouteState,
+        started: float,
+        answer: SyncAnswer,
+        *,
+        clock: Callable[[], float],
+        io_errors: tuple[type[BaseException], ...],
+        max_event_bytes: int,
+    ) -> None:
+        self._plan = plan
+        self._route = route
+        self._started = started
+        self._answer = answer
+        self._clock = clock
+        self._io_errors = io_errors
+        self._raw = answer.iter_bytes()
+        self._decoder = SSEDecoder(max_event_bytes)
+        self._events: list[Event] = []  # read while priming, not handed out yet
+        self._chunks: list[bytes] = []
+        self._reported = False
+        self.piece = b""
+        self.route = route.name
+        self.attempts = plan.attempts
+        self.ttft_s: float | None = None
+        self.status_code = answer.status_code
+        self.headers = answer.headers
+
+    def prime(self) -> bool:
+        """Read up to the first event with a payload. False (reported, closed) on failure."""
+        decoder = self._decoder
+        clock, timeout, started = self._clock, self._plan.timeout, self._started
+        try:
+            for chunk in self._raw:
+                self._chunks.append(chunk)
+                events = events_of(decoder, chunk, self.route)
+                self._events.extend(events)
+                if any(carries_payload(event) for event in events):
+                    self.ttft_s = clock() - started
+                    return True
+                if decoder.done:
+                    return True
+                if clock() - started > timeout:  # keep-alive comments, role chunks...
+                    raise too_long(self.route, timeout, "no first token")
+            error: RouteError = StreamInterruptedError(
+                "stream ended before its first token", route=self.route
+            )
+        except BaseException as exc:
+            failure = route_failure(self.route, exc, self._io_errors)
+            if failure is None:
+                self._end_without_evidence()
+                raise
+            error = failure
+        cut = isinstance(error, StreamInterruptedError)
+        self._fail(error, "stream_cut" if cut else outcome_name(error))
+        return False
+
+    def __iter__(self) -> Generator[Event, None, None]:
+        for events in self.batches():
+            for event in events:
+                yield event
+
+    def iter_raw(self) -> Generator[bytes, None, None]:
+        for _events in self.batches():
+            yield self.piece
+
+    def batches(self) -> Generator[list[Event], None, None]:
+        """The events as they come, a list per piece of the body (``piece``: its bytes)."""
+        try:
+            if self._chunks:
+                self.piece = b"".join(self._chunks)
+                yield self._events
+                self._chunks, self._events = [], []
+            decoder = self._decoder
+            route = self.route
+            raw = self._raw
+            while not decoder.done:
+                try:
+                    chunk = raw.__next__()
+                except StopIteration:
+                    raise StreamInterruptedError(
+                        "stream ended without [DONE]", route=route
+                    ) from None
+                events = events_of(decoder, chunk, route)
+                if self.ttft_s is None and any(carries_payload(e) for e in events):
+                    self.ttft_s = self._clock() - self._started
+                self.piece = chunk
+                yield events
+            self._succeed()
+        except BaseException as exc:
+            failure = route_failure(self.route, exc, self._io_errors)
+            if failure is None:  # the consumer closing the generator, a cancellation, a bug
+                raise
+            self._raise_interrupted(failure)
+        finally:
+            self.close()
+
+    def _raise_interrupted(self, cause: RouteError) -> None:
+        error = StreamInterruptedError(
+            f"stream interrupted after the first token: {Exception.__str__(cause)}",
+            route=self.route,
+            attempts=self.attempts,
+        )
+        self._fail(error, "stream_cut")
+        error.attempts = tuple(self.attempts)
+        raise error from cause
+
+    def _succeed(self) -> None:
+        if not self._reported:
+            self._reported = True
+            latency = self._clock() - self._started
+            self._plan.succeeded(self._route, self._started, latency, self.ttft_s)
+
+    def _fail(self, error: RouteError, outcome: str) -> None:
+        if not self._reported:
+            self._reported = True
+            self._plan.failed(self._route, self._started, error, outcome)
+        self._release()
+
+    def _end_without_evidence(self) -> None:
+        if not self._reported:
+            self._reported = True
+            self._plan.finished(self._route, self._started)
+        self._release()
+
+    def _release(self) -> None:
+        # Closing a broken connection must not mask the error being reported.
+        with contextlib.suppress(Exception):
+            self._answer.close()
+
+    def close(self) -> None:
+        """Release the connection; a stream closed before its end still records its TTFT."""
+        if not self._reported:
+            self._reported = True
+            if self.ttft_s is not None:
+                self._plan.succeeded(self._route, self._started, None, self.ttft_s)
+            else:
+                self._plan.finished(self._route, self._started)
+        self._release()
+
+    def __enter__(self) -> SyncStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
