@@ -84,7 +84,7 @@ LITELLM_IMPORT = (
     "import os; os.environ.setdefault('LITELLM_LOCAL_MODEL_COST_MAP', 'True'); import litellm",
 )
 # Modules that a plain ``import llm`` must not load.
-MUST_STAY_UNLOADED = ("aiohttp", "openai", "httpx_aiohttp", "httpx", "yaml", "loguru", "asyncio")
+MUST_STAY_UNLOADED = ("aiohttp", "openai", "httpx", "yaml", "loguru", "asyncio")
 
 Step = Callable[[], None]
 
