@@ -30,6 +30,7 @@ from ..judge.answers import decode_answer
 from ..judge.status import (
     RETRY_AFTER_STATUSES,
     Verdict,
+    outcome_name,
     retry_after_seconds,
     status_error,
     verdict_for_status,
@@ -38,6 +39,7 @@ from ..results import Reply
 from ..routing.balancer import Balancer
 from ..routing.plan import CallPlan, plan_call
 from ..routing.state import RouteState
+from .failures import route_failure
 from .protocols import Request
 
 
@@ -90,6 +92,23 @@ class EngineBase:
             return body.for_route(route)
         except (TypeError, ValueError) as exc:
             raise InvalidRequestError(f"request body is not JSON-serialisable: {exc}") from None
+
+    @staticmethod
+    def report_raised(
+        plan: CallPlan,
+        route: RouteState,
+        started: float,
+        exc: BaseException,
+        io_errors: tuple[type[BaseException], ...],
+    ) -> bool:
+        """Report an attempt that raised ``exc``: True when it was the route's failure (try
+        the next route), False when it was not the route's fault (re-raise it)."""
+        error = route_failure(route.name, exc, io_errors)
+        if error is None:
+            plan.finished(route, started)
+            return False
+        plan.failed(route, started, error, outcome_name(error))
+        return True
 
     def settle(
         self,

@@ -27,12 +27,10 @@ from collections.abc import Callable
 from ...call.spec import BodyEncoder, CallSpec
 from ...config import LLMConfig
 from ...errors import InvalidResponseError
-from ...judge.status import outcome_name
 from ...judge.stream import stream_problem
 from ...results import Reply
 from ...routing.balancer import Balancer
 from ..base import EngineBase
-from ..failures import route_failure
 from ..protocols import AsyncSender, AsyncSleep
 from .read import read_body
 from .stream import AsyncStream
@@ -65,20 +63,12 @@ class AsyncEngine(EngineBase):
             try:
                 answer = await sender.send(self.request_for(route.config, spec, payload, timeout))
                 try:
-                    # the common case, a declared length within the cap, without a frame more
-                    content = await answer.read_declared(limit)
-                    if content is None:
-                        content = await read_body(
-                            answer, route.name, limit, clock, started, timeout
-                        )
+                    content = await read_body(answer, route.name, limit, clock, started, timeout)
                 finally:
                     await answer.aclose()
             except BaseException as exc:
-                error = route_failure(route.name, exc, sender.io_errors)
-                if error is None:
-                    plan.finished(route, started)
+                if not self.report_raised(plan, route, started, exc, sender.io_errors):
                     raise
-                plan.failed(route, started, error, outcome_name(error))
                 continue
             reply = self.settle(
                 plan, route, started, answer.status_code, answer.headers, content, spec.expect
@@ -123,11 +113,8 @@ class AsyncEngine(EngineBase):
                     finally:
                         await answer.aclose()
             except BaseException as exc:
-                error = route_failure(route.name, exc, sender.io_errors)
-                if error is None:
-                    plan.finished(route, started)
+                if not self.report_raised(plan, route, started, exc, sender.io_errors):
                     raise
-                plan.failed(route, started, error, outcome_name(error))
                 continue
             if stream is None:  # an error status: the caller's fault raises, else go on
                 self.settle(
