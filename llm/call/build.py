@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import InvalidRequestError
-from .spec import CallSpec
+from .spec import AnswerKind, CallSpec
 from .validate import (
     CONTROL_KEYS,
     check_controls,
@@ -35,6 +35,7 @@ def build_spec(
     options: Mapping[str, Any],
     *,
     stream: bool,
+    expect: AnswerKind = "chat",
 ) -> CallSpec:
     body = dict(params)
     extra: Mapping[str, Any] | None = None
@@ -60,12 +61,13 @@ def build_spec(
         body.pop("stream", None)
         body.pop("stream_options", None)
     if not options:  # the common call: the config's defaults and nothing else
-        return CallSpec(path=path, body=body, stream=stream)
+        return CallSpec(path=path, body=body, stream=stream, expect=expect)
     check_controls(options)
     return CallSpec(
         path=path,
         body=body,
         stream=stream,
+        expect=expect,
         model=options.get("model"),
         route=options.get("route"),
         deadline=options.get("deadline"),
@@ -91,4 +93,7 @@ def completion_spec(
         raise InvalidRequestError(
             f"prompt must be a non-empty string or list, got {shown(prompt)}"
         )
-    return build_spec(params, COMPLETIONS_PATH, {"prompt": prompt}, options, stream=stream)
+    payload = {"prompt": prompt}
+    return build_spec(
+        params, COMPLETIONS_PATH, payload, options, stream=stream, expect="completion"
+    )

@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from ..config import RouteConfig
+
+AnswerKind = Literal["chat", "completion"]  # what a 2xx answer must be shaped as
 
 # allow_nan=False: NaN and Infinity are not JSON (RFC 8259); a server that parses them anyway
 # would sample with them. The engine turns the ValueError into an InvalidRequestError.
@@ -28,7 +30,7 @@ class CallSpec:
     stream: bool = False
     model: str | None = None
     route: str | None = None
-    expect: str | None = "choices"  # key a 2xx JSON answer must carry (None: any JSON object)
+    expect: AnswerKind | None = "chat"  # the answer's shape (None: any JSON object)
     deadline: float | None = None
     max_retries: int | None = None
     raw_body: bytes | None = None  # the body exactly as a client sent it (OpenAI SDK path)

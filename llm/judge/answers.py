@@ -1,46 +1,45 @@
-"""A non-streamed answer's body: usable JSON, or what is wrong with it; and the limits on it.
+"""A non-streamed answer's body: usable JSON of the right shape, or what is wrong with it.
 
-``decode_answer`` takes the bytes of a 2xx answer and the key it must carry (``choices`` for
-chat and text completions; None for any JSON object, as for other endpoints through the SDK
+``decode_answer`` takes the bytes of a 2xx answer and the kind of answer the call expects
+(``chat``, ``completion``; None for any JSON object, as for other endpoints through the SDK
 path). Anything else is a problem text, which the sender turns into an
 ``InvalidResponseError``: the route is ejected and the call moves on.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
+from ..call.spec import AnswerKind
 from ..errors import InvalidResponseError, RouteTimeoutError
 from .error_body import error_in
-
-_SNIPPET = 80  # bytes of a broken body quoted in the problem text
-
-loads = json.loads
+from .parse import NestedTooDeeply, parse_json, snippet
+from .shapes import answer_problem
 
 
-def decode_answer(content: bytes, expect: str | None) -> tuple[Any, str | None]:
+def decode_answer(content: bytes, kind: AnswerKind | None) -> tuple[Any, str | None]:
     """(data, None) for a usable JSON answer, else (None, what is wrong with it)."""
     if not content:
         return None, "an empty body"
     try:
-        data = loads(content)
-    except (ValueError, UnicodeDecodeError):
+        data = parse_json(content)
+    except NestedTooDeeply as exc:
+        return None, str(exc)
+    except ValueError:
         return None, f"a body that is not JSON: {snippet(content)!r}"
     if not isinstance(data, dict):
         return None, f"a JSON {type(data).__name__} instead of an object"
-    if expect is not None and not isinstance(data.get(expect), list):
+    if kind is None:
+        return data, None
+    if type(data.get("choices")) is not list:
         found = error_in(data)
         if found is not None:
             return None, f"an error in the body: {found[0]}"
-        return None, f"a JSON object without {expect!r}"
+    problem = answer_problem(data, kind)
+    if problem is not None:
+        return None, f"a malformed answer ({problem})"
     return data, None
-
-
-def snippet(content: bytes) -> str:
-    """The start of some bytes from the network, as text fit for a message."""
-    return content[:_SNIPPET].decode("utf-8", "replace")
 
 
 def declared_oversized(headers: Mapping[str, str], limit: int) -> bool:

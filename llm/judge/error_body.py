@@ -15,8 +15,9 @@ status, whatever it holds (text and HTML pages too, bounded).
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from .parse import parse_json
 
 _SHOWN_TEXT = 300  # characters of a non-JSON error body kept as its message
 
@@ -51,8 +52,8 @@ def error_in(data: Any) -> tuple[str, str | None] | None:
 def server_message(body: bytes) -> tuple[str | None, str | None]:
     """(message, type) from the body of an error status, or (None, None) when there is none."""
     try:
-        data: Any = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        data: Any = parse_json(body)
+    except ValueError:
         text = body[:_SHOWN_TEXT].decode("utf-8", "replace").strip()
         return (text or None), None
     if not isinstance(data, dict):

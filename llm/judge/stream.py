@@ -5,7 +5,8 @@ ended by ``data: [DONE]`` (``sse.SSEDecoder`` does the framing). Here:
 
 - ``stream_problem``: an answer to a stream request that is not an event stream;
 - ``events_of``: the decoded chunks a piece of the body completes; a chunk that is not JSON,
-  not an object, or an error object raises ``InvalidResponseError``;
+  not an object, an error object or not shaped as a chunk (``shapes.chunk_problem``) raises
+  ``InvalidResponseError``;
 - ``carries_payload``: does a chunk carry something for the caller (a token, a tool call, an
   ending, usage)? Until one does, the stream may still fail over to another route: vLLM's
   first chunk carries only the role.
@@ -16,9 +17,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..call.spec import AnswerKind
 from ..errors import InvalidResponseError
-from .answers import loads, oversized, snippet
+from .answers import oversized
 from .error_body import error_in
+from .parse import NestedTooDeeply, parse_json, snippet
+from .shapes import chunk_problem
 from .sse import OversizedEventError, SSEDecoder
 
 
@@ -30,8 +34,10 @@ def stream_problem(headers: Mapping[str, str]) -> str | None:
     return None
 
 
-def events_of(decoder: SSEDecoder, chunk: bytes, route: str) -> list[dict[str, Any]]:
-    """The events that ``chunk`` completes, decoded; a broken or error event raises."""
+def events_of(
+    decoder: SSEDecoder, chunk: bytes, route: str, kind: AnswerKind | None
+) -> list[dict[str, Any]]:
+    """The events that ``chunk`` completes, decoded and checked; a broken event raises."""
     try:
         payloads = decoder.feed(chunk)
     except OversizedEventError as exc:
@@ -39,23 +45,24 @@ def events_of(decoder: SSEDecoder, chunk: bytes, route: str) -> list[dict[str, A
     events = []
     for data in payloads:
         try:
-            event = loads(data)
-        except (ValueError, UnicodeDecodeError):
+            event = parse_json(data)
+        except NestedTooDeeply as exc:
+            raise InvalidResponseError(f"stream event: {exc}", route=route) from None
+        except ValueError:
             raise InvalidResponseError(
                 f"stream event is not JSON: {snippet(data)!r}", route=route
             ) from None
-        if type(event) is not dict or "choices" not in event:  # a chunk has choices (maybe [])
-            _check_event(event, route)
+        if type(event) is not dict:
+            raise InvalidResponseError("stream event is not a JSON object", route=route)
+        if "choices" not in event:  # a chunk has choices (maybe []): is it an error object?
+            found = error_in(event)
+            if found is not None:
+                raise InvalidResponseError(f"server error in stream: {found[0]}", route=route)
+        problem = chunk_problem(event, kind)
+        if problem is not None:
+            raise InvalidResponseError(f"malformed stream event ({problem})", route=route)
         events.append(event)
     return events
-
-
-def _check_event(event: Any, route: str) -> None:
-    if not isinstance(event, dict):
-        raise InvalidResponseError("stream event is not a JSON object", route=route)
-    found = error_in(event)
-    if found is not None:
-        raise InvalidResponseError(f"server error in stream: {found[0]}", route=route)
 
 
 def carries_payload(event: Mapping[str, Any]) -> bool:

@@ -9,13 +9,13 @@ with every form of the route's secrets masked in it.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..config import RouteConfig
 from ..config.redact import scrub, secret_forms
+from ..judge.parse import parse_json
 from ..send.failures import describe_failure
 
 _STATUS_HINTS = {
@@ -82,11 +82,14 @@ def judge_check(
         check.error = f"/v1/models answered HTTP {models_status}{hint}"
         return
     try:
-        data = json.loads(body)
+        data = parse_json(body)
         entries = data["data"]
         if not isinstance(entries, list):
             raise TypeError("data is not a list")
-        check.models = [str(entry["id"]) for entry in entries]
+        models = [entry["id"] for entry in entries]
+        if not all(isinstance(model, str) for model in models):
+            raise TypeError("a model id is not a string")
+        check.models = models
     except (ValueError, KeyError, TypeError):
         what = _media_type(content_type) or ("empty body" if not body.strip() else "")
         check.error = "/v1/models answered something that is not a model list" + (

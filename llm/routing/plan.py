@@ -18,7 +18,9 @@ Theory of operation
 
 Reporting: ``start`` marks the route busy and returns the start time; ``succeeded``,
 ``failed`` and ``finished`` (no evidence either way) release it, update health and record an
-``Attempt``.
+``Attempt``. One attempt is open at a time (``attempt_open``), and it is reported exactly
+once: a second report of it is ignored, so whatever a sender, a parser or the caller raises,
+and wherever, the route's in-flight count and trial slot are released once and only once.
 
 ``plan_call`` makes the plan of one call: a pinned route alone, or the pool serving the
 call's model with the fallback route after it (unless the fallback is in that pool).
@@ -89,6 +91,7 @@ def backoff_delay(retry_number: int, retry: RetryConfig, rng: random.Random) -> 
 
 class CallPlan:
     __slots__ = (
+        "attempt_open",
         "attempts",
         "balancer",
         "clock",
@@ -128,6 +131,7 @@ class CallPlan:
         self.deadline_at = self.started_at + deadline
         self.tried: list[RouteState] = []
         self.attempts: list[Attempt] = []
+        self.attempt_open = False
         self.last_error: LLMError | None = None
         self.repeats = 0
         self.delay = 0.0
@@ -186,11 +190,15 @@ class CallPlan:
 
     def start(self, route: RouteState) -> float:
         self.tried.append(route)
+        self.attempt_open = True
         return self.balancer.dispatch(route)
 
     def succeeded(
         self, route: RouteState, started_at: float, latency: float | None, ttft: float | None = None
     ) -> None:
+        if not self.attempt_open:
+            return
+        self.attempt_open = False
         self.balancer.succeeded(route, started_at, latency, ttft)
         elapsed = self.clock() - started_at
         self.attempts.append(Attempt(route.name, "ok", None, None, elapsed))
@@ -207,6 +215,9 @@ class CallPlan:
         loud: bool = False,
     ) -> None:
         """A failure that is the route's fault: eject it and remember why."""
+        if not self.attempt_open:
+            return
+        self.attempt_open = False
         reason = _short(error) or type(error).__name__
         self.balancer.failed(route, started_at, reason, retry_after, loud)
         self._record(route, started_at, outcome, status_code, error)
@@ -220,6 +231,9 @@ class CallPlan:
         status_code: int | None = None,
     ) -> None:
         """The attempt ended without evidence about the route (caller's fault, cancelled)."""
+        if not self.attempt_open:
+            return
+        self.attempt_open = False
         self.balancer.finished(route, started_at)
         self._record(route, started_at, outcome, status_code, error)
 

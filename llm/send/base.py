@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from ..call.headers import route_headers
-from ..call.spec import BodyEncoder, CallSpec
+from ..call.spec import AnswerKind, BodyEncoder, CallSpec
 from ..config import LLMConfig, RouteConfig
 from ..errors import InvalidRequestError, InvalidResponseError
 from ..judge.answers import decode_answer
@@ -101,8 +101,12 @@ class EngineBase:
         exc: BaseException,
         io_errors: tuple[type[BaseException], ...],
     ) -> bool:
-        """Report an attempt that raised ``exc``: True when it was the route's failure (try
-        the next route), False when it was not the route's fault (re-raise it)."""
+        """Report the open attempt, which raised ``exc``. True: the route's failure, reported
+        (try the next route). False: re-raise it, because it is not the route's fault (the
+        attempt is reported as without evidence) or the attempt was reported already (the
+        request's own fault, raised once recorded)."""
+        if not plan.attempt_open:
+            return False
         error = route_failure(route.name, exc, io_errors)
         if error is None:
             plan.finished(route, started)
@@ -118,7 +122,7 @@ class EngineBase:
         status: int,
         headers: Mapping[str, str],
         content: bytes,
-        expect: str | None,
+        expect: AnswerKind | None,
     ) -> Reply | None:
         """A Reply on success; None when the route failed (try the next); raises the
         request's own fault (a 400...) after recording it."""

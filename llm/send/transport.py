@@ -18,14 +18,14 @@ and LangChain's ``ChatOpenAI`` get the same routing without code of their own.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import httpx
 
-from ..call.spec import CallSpec
+from ..call.spec import AnswerKind, CallSpec
 from ..errors import AllRoutesFailedError, APIStatusError, LLMError, NoRouteError
+from ..judge.parse import parse_json
 from ..results import Reply
 from ._async.engine import AsyncEngine
 from ._async.stream import AsyncStream
@@ -50,14 +50,19 @@ def _spec_for(request: httpx.Request, content: bytes) -> CallSpec:
     stream = False
     if content:
         try:
-            decoded = json.loads(content)
+            decoded = parse_json(content)
         except ValueError:
             decoded = None
         if isinstance(decoded, dict):
             body = decoded
             model = decoded.pop("model", None)
             stream = decoded.get("stream") is True
-    expect = "choices" if path.split("?")[0].endswith("completions") else None
+    endpoint = path.split("?")[0]
+    expect: AnswerKind | None = None  # another endpoint: any JSON object will do
+    if endpoint.endswith("/chat/completions"):
+        expect = "chat"
+    elif endpoint.endswith("/completions"):
+        expect = "completion"
     return CallSpec(
         path=path,
         method=request.method,

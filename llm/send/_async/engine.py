@@ -63,16 +63,18 @@ class AsyncEngine(EngineBase):
             try:
                 answer = await sender.send(self.request_for(route.config, spec, payload, timeout))
                 try:
-                    content = await read_body(answer, route.name, limit, clock, started, timeout)
+                    content = await read_body(
+                        answer, route.name, limit, clock, started, timeout
+                    )
                 finally:
                     await answer.aclose()
+                reply = self.settle(
+                    plan, route, started, answer.status_code, answer.headers, content, spec.expect
+                )
             except BaseException as exc:
                 if not self.report_raised(plan, route, started, exc, sender.io_errors):
                     raise
                 continue
-            reply = self.settle(
-                plan, route, started, answer.status_code, answer.headers, content, spec.expect
-            )
             if reply is not None:
                 return reply
         raise plan.exhausted()
@@ -87,8 +89,6 @@ class AsyncEngine(EngineBase):
                 await self.sleep(plan.delay)
             payload, timeout = self.content(body, route.config), plan.timeout
             started = plan.start(route)
-            stream: AsyncStream | None = None
-            content = b""
             try:
                 answer = await sender.send(self.request_for(route.config, spec, payload, timeout))
                 if 200 <= answer.status_code < 300:
@@ -104,24 +104,24 @@ class AsyncEngine(EngineBase):
                         clock=clock,
                         io_errors=sender.io_errors,
                         max_event_bytes=limit,
+                        kind=spec.expect,
                     )
-                else:
-                    try:
-                        content = await read_body(
-                            answer, route.name, limit, clock, started, timeout
-                        )
-                    finally:
-                        await answer.aclose()
-            except BaseException as exc:
-                if not self.report_raised(plan, route, started, exc, sender.io_errors):
-                    raise
-                continue
-            if stream is None:  # an error status: the caller's fault raises, else go on
+                    if await stream.prime():
+                        return stream
+                    continue  # prime reported the failure
+                try:
+                    content = await read_body(
+                        answer, route.name, limit, clock, started, timeout
+                    )
+                finally:
+                    await answer.aclose()
+                # an error status: the request's own fault raises, else the next route
                 self.settle(
                     plan, route, started, answer.status_code, answer.headers, content, spec.expect
                 )
-            elif await stream.prime():
-                return stream
+            except BaseException as exc:
+                if not self.report_raised(plan, route, started, exc, sender.io_errors):
+                    raise
         raise plan.exhausted()
 
     async def aclose(self) -> None:

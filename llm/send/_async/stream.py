@@ -11,9 +11,9 @@ A break after the first token raises ``StreamInterruptedError`` and counts again
 route; the end (``[DONE]``) counts as a success with the stream's latency and time to first
 token; closing early records the time to first token and frees the route.
 
-Whatever happens, the route is reported exactly once (``_reported``), so in-flight counts stay
-exact, and the connection is released. Written once, for async; ``scripts/unasync.py``
-writes the sync twin from it.
+Whatever happens, the attempt is reported exactly once (the plan ignores a second report),
+so in-flight counts stay exact, and the connection is released. Written once, for async;
+``scripts/unasync.py`` writes the sync twin from it.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import contextlib
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
+from ...call.spec import AnswerKind
 from ...errors import RouteError, StreamInterruptedError
 from ...judge.answers import too_long
 from ...judge.sse import SSEDecoder
@@ -48,6 +49,7 @@ class AsyncStream:
         clock: Callable[[], float],
         io_errors: tuple[type[BaseException], ...],
         max_event_bytes: int,
+        kind: AnswerKind | None,
     ) -> None:
         self._plan = plan
         self._route = route
@@ -55,11 +57,11 @@ class AsyncStream:
         self._answer = answer
         self._clock = clock
         self._io_errors = io_errors
+        self._kind = kind
         self._raw = answer.aiter_bytes()
         self._decoder = SSEDecoder(max_event_bytes)
         self._events: list[Event] = []  # read while priming, not handed out yet
         self._chunks: list[bytes] = []
-        self._reported = False
         self.piece = b""
         self.route = route.name
         self.attempts = plan.attempts
@@ -74,7 +76,7 @@ class AsyncStream:
         try:
             async for chunk in self._raw:
                 self._chunks.append(chunk)
-                events = events_of(decoder, chunk, self.route)
+                events = events_of(decoder, chunk, self.route, self._kind)
                 self._events.extend(events)
                 if any(carries_payload(event) for event in events):
                     self.ttft_s = clock() - started
@@ -122,7 +124,7 @@ class AsyncStream:
                     raise StreamInterruptedError(
                         "stream ended without [DONE]", route=route
                     ) from None
-                events = events_of(decoder, chunk, route)
+                events = events_of(decoder, chunk, route, self._kind)
                 if self.ttft_s is None and any(carries_payload(e) for e in events):
                     self.ttft_s = self._clock() - self._started
                 self.piece = chunk
@@ -147,21 +149,15 @@ class AsyncStream:
         raise error from cause
 
     def _succeed(self) -> None:
-        if not self._reported:
-            self._reported = True
-            latency = self._clock() - self._started
-            self._plan.succeeded(self._route, self._started, latency, self.ttft_s)
+        latency = self._clock() - self._started
+        self._plan.succeeded(self._route, self._started, latency, self.ttft_s)
 
     async def _fail(self, error: RouteError, outcome: str) -> None:
-        if not self._reported:
-            self._reported = True
-            self._plan.failed(self._route, self._started, error, outcome)
+        self._plan.failed(self._route, self._started, error, outcome)
         await self._release()
 
     async def _end_without_evidence(self) -> None:
-        if not self._reported:
-            self._reported = True
-            self._plan.finished(self._route, self._started)
+        self._plan.finished(self._route, self._started)
         await self._release()
 
     async def _release(self) -> None:
@@ -171,12 +167,10 @@ class AsyncStream:
 
     async def aclose(self) -> None:
         """Release the connection; a stream closed before its end still records its TTFT."""
-        if not self._reported:
-            self._reported = True
-            if self.ttft_s is not None:
-                self._plan.succeeded(self._route, self._started, None, self.ttft_s)
-            else:
-                self._plan.finished(self._route, self._started)
+        if self.ttft_s is not None:
+            self._plan.succeeded(self._route, self._started, None, self.ttft_s)
+        else:
+            self._plan.finished(self._route, self._started)
         await self._release()
 
     async def __aenter__(self) -> AsyncStream:

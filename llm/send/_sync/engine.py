@@ -65,16 +65,18 @@ class SyncEngine(EngineBase):
             try:
                 answer = sender.send(self.request_for(route.config, spec, payload, timeout))
                 try:
-                    content = read_body(answer, route.name, limit, clock, started, timeout)
+                    content = read_body(
+                        answer, route.name, limit, clock, started, timeout
+                    )
                 finally:
                     answer.close()
+                reply = self.settle(
+                    plan, route, started, answer.status_code, answer.headers, content, spec.expect
+                )
             except BaseException as exc:
                 if not self.report_raised(plan, route, started, exc, sender.io_errors):
                     raise
                 continue
-            reply = self.settle(
-                plan, route, started, answer.status_code, answer.headers, content, spec.expect
-            )
             if reply is not None:
                 return reply
         raise plan.exhausted()
@@ -89,8 +91,6 @@ class SyncEngine(EngineBase):
                 self.sleep(plan.delay)
             payload, timeout = self.content(body, route.config), plan.timeout
             started = plan.start(route)
-            stream: SyncStream | None = None
-            content = b""
             try:
                 answer = sender.send(self.request_for(route.config, spec, payload, timeout))
                 if 200 <= answer.status_code < 300:
@@ -106,24 +106,24 @@ class SyncEngine(EngineBase):
                         clock=clock,
                         io_errors=sender.io_errors,
                         max_event_bytes=limit,
+                        kind=spec.expect,
                     )
-                else:
-                    try:
-                        content = read_body(
-                            answer, route.name, limit, clock, started, timeout
-                        )
-                    finally:
-                        answer.close()
-            except BaseException as exc:
-                if not self.report_raised(plan, route, started, exc, sender.io_errors):
-                    raise
-                continue
-            if stream is None:  # an error status: the caller's fault raises, else go on
+                    if stream.prime():
+                        return stream
+                    continue  # prime reported the failure
+                try:
+                    content = read_body(
+                        answer, route.name, limit, clock, started, timeout
+                    )
+                finally:
+                    answer.close()
+                # an error status: the request's own fault raises, else the next route
                 self.settle(
                     plan, route, started, answer.status_code, answer.headers, content, spec.expect
                 )
-            elif stream.prime():
-                return stream
+            except BaseException as exc:
+                if not self.report_raised(plan, route, started, exc, sender.io_errors):
+                    raise
         raise plan.exhausted()
 
     def close(self) -> None:
