@@ -9,6 +9,7 @@ the attempts made so far, so a caller can see what was tried::
     │   └── UnknownProviderError    provider name not known; lists the known ones
     ├── InvalidRequestError         a call the library refuses before any network I/O
     ├── NoRouteError                pinned route / requested model not configured
+    ├── ProviderClosedError         a call after close(), or one that close() had to end
     └── RouteError                  something went wrong talking to a route (has .route)
         ├── APIStatusError          the server answered with an error status (.status_code,
         │   │                       .server_message: the server's own words)
@@ -43,6 +44,7 @@ __all__ = [
     "LLMError",
     "NoRouteError",
     "NotFoundError",
+    "ProviderClosedError",
     "RateLimitError",
     "RouteConnectionError",
     "RouteError",
@@ -95,6 +97,11 @@ class InvalidRequestError(LLMError):
 
 class NoRouteError(LLMError):
     """The call names a route or model that no configured route serves."""
+
+
+class ProviderClosedError(LLMError):
+    """The provider was closed: a call after ``close()``, or one still running when
+    ``close()`` stopped waiting. No route is to blame."""
 
 
 class RouteError(LLMError):

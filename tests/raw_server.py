@@ -104,9 +104,11 @@ class RawServer:
         async def shutdown() -> None:
             if self._server is not None:
                 self._server.close()
-            for task in list(self._tasks):
+            tasks = list(self._tasks)
+            for task in tasks:
                 task.cancel()
-            await asyncio.sleep(0)
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.sleep(0.01)  # the transports' close callbacks run
 
         asyncio.run_coroutine_threadsafe(shutdown(), loop).result(STOP_TIMEOUT)
         loop.call_soon_threadsafe(loop.stop)

@@ -11,6 +11,7 @@ and its trial slot free, whether it was healthy or on trial.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -108,6 +109,9 @@ class AsyncFakeSender:
     def __init__(self, plan: _Plan) -> None:
         self.plan = plan
 
+    def bounded(self, seconds: float, stream: bool) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()
+
     async def send(self, request: Request) -> AsyncFakeAnswer:
         self.plan.at("send")
         return AsyncFakeAnswer(self.plan)
@@ -151,6 +155,9 @@ class SyncFakeSender:
 
     def __init__(self, plan: _Plan) -> None:
         self.plan = plan
+
+    def bounded(self, seconds: float, stream: bool) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()
 
     def send(self, request: Request) -> SyncFakeAnswer:
         self.plan.at("send")

@@ -27,7 +27,7 @@ from ..errors import AllRoutesFailedError, Attempt, ConfigError, LLMError, Route
 from ..probes._sync.look import check_route
 from ..providers.vllm_openai import VLLMOpenAIProvider
 from ..results import ChatResult, StreamEvent
-from ..send.httpx_senders import HttpxSender
+from ..send.httpcore_sender import HttpcoreSender
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"  # vLLM's default port
 DEFAULT_PROMPT = "Write a short poem about load balancing."
@@ -86,7 +86,7 @@ def target_config(settings: BenchSettings, environ: Mapping[str, str] | None = N
 def _served_model(base_url: str) -> str:
     """The first model ``base_url`` serves: the seed's scripts needed VLLM_MODEL, we ask."""
     probe = RouteConfig(name="vllm", base_url=base_url.rstrip("/"), model="")
-    sender = HttpxSender()
+    sender = HttpcoreSender()
     try:
         check = check_route(sender, probe, timeout=10.0, limit=_MODELS_LIST_LIMIT)
     finally:

@@ -48,10 +48,10 @@ def declared_oversized(headers: Mapping[str, str], limit: int) -> bool:
     return declared is not None and declared.isdigit() and int(declared) > limit
 
 
-def oversized(route: str, limit: int, what: str = "answer") -> InvalidResponseError:
-    return InvalidResponseError(
-        f"{what} larger than max_response_bytes ({limit} bytes): refused", route=route
-    )
+def oversized(
+    route: str, limit: int, what: str = "answer", cap: str = "max_response_bytes"
+) -> InvalidResponseError:
+    return InvalidResponseError(f"{what} larger than {cap} ({limit} bytes): refused", route=route)
 
 
 def too_long(route: str, timeout: float, what: str = "answer not complete") -> RouteTimeoutError:

@@ -24,6 +24,13 @@ _STATUS_HINTS = {
     404: " (check the route's base_url)",
 }
 _MEDIA_TYPE_SHOWN = 60
+CHECK_LIMIT = 4 * 1024 * 1024  # bytes of a /health or /v1/models answer worth reading
+CAP = "the check's size cap"
+
+
+def check_limit(max_response_bytes: int) -> int:
+    """How much of a /health or /v1/models answer a check reads at most."""
+    return min(max_response_bytes, CHECK_LIMIT)
 
 
 @dataclass(slots=True)

@@ -37,6 +37,13 @@ class ActiveChecker:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="llm-routes-checker", daemon=True)
 
+    def restarted(self) -> ActiveChecker:
+        """A checker like this one, running (in a forked child, where this one's thread
+        does not exist)."""
+        return ActiveChecker(
+            self.routes, self.balancer, self.sender, self.interval, self.timeout, self.limit
+        ).start()
+
     def start(self) -> ActiveChecker:
         self._thread.start()
         return self

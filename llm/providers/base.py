@@ -2,8 +2,9 @@
 
 ``ProviderBase`` wires one provider: the balancer (shared by the sync and async paths, so
 what one learns about a route the other uses; its health changes logged through
-``send.log``), a sync engine over httpx and an async engine over aiohttp (or over httpx
-transports handed in, for tests), and the optional background checker. The call methods
+``send.log``), a sync engine over httpcore and an async engine over aiohttp (or over httpx
+transports handed in, for tests), the lifecycle both engines share (what ``close`` waits
+for), the optional background checker, and what a forked child resets (``fork``). The call methods
 live in ``_async/api.py`` (written once) and ``_sync/api.py`` (generated from it); the
 provider class (``vllm_openai.py``) puts them together.
 """
@@ -20,15 +21,18 @@ import httpx
 
 from ..config import LLMConfig, RouteConfig
 from ..errors import AllRoutesFailedError, Attempt
-from ..probes.check import RouteCheck
+from ..probes.check import RouteCheck, check_limit
 from ..probes.checker import ActiveChecker
 from ..routing.balancer import Balancer
 from ..send._async.engine import AsyncEngine
 from ..send._sync.engine import SyncEngine
 from ..send.aiohttp_sender import AiohttpSender
+from ..send.httpcore_sender import HttpcoreSender
 from ..send.httpx_senders import HttpxAsyncSender, HttpxSender
+from ..send.lifecycle import Lifecycle, closed_error
 from ..send.log import log_health_change
-from ..send.protocols import AsyncSender
+from ..send.protocols import AsyncSender, SyncSender
+from . import fork
 
 _CHECK_TIMEOUT_MAX = 5.0  # seconds: a look at a route needs no more, whatever the call timeout
 
@@ -59,15 +63,23 @@ class ProviderBase:
             rng=rng,
             on_health=log_health_change,
         )
+        self._life = Lifecycle()
+        sync_sender: SyncSender = HttpcoreSender() if transport is None else HttpxSender(transport)
         self._engine = SyncEngine(
-            config, self.balancer, HttpxSender(transport), clock=clock, sleep=sleep
+            config, self.balancer, sync_sender, clock=clock, sleep=sleep, life=self._life
         )
         async_sender: AsyncSender = (
             AiohttpSender() if async_transport is None else HttpxAsyncSender(async_transport)
         )
         self._aengine = AsyncEngine(
-            config, self.balancer, async_sender, clock=clock, sleep=async_sleep or asyncio.sleep
+            config,
+            self.balancer,
+            async_sender,
+            clock=clock,
+            sleep=async_sleep or asyncio.sleep,
+            life=self._life,
         )
+        self._check_limit = check_limit(config.max_response_bytes)
         self._checker: ActiveChecker | None = None
         if config.health.check_interval > 0:
             self._checker = ActiveChecker(
@@ -76,8 +88,9 @@ class ProviderBase:
                 self._engine.sender,
                 config.health.check_interval,
                 self._check_timeout(),
-                config.max_response_bytes,
+                self._check_limit,
             ).start()
+        fork.track(self)
 
     def __repr__(self) -> str:
         return (
@@ -88,6 +101,21 @@ class ProviderBase:
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per route: state, requests, failures, in-flight, EWMAs, ejections, last error."""
         return self.balancer.stats()
+
+    def _open(self) -> None:
+        """``ProviderClosedError`` once the provider is closed (checks open no connection)."""
+        if self._life.closed:
+            raise closed_error()
+
+    def _reset_after_fork(self) -> None:
+        """In a forked child (see ``fork``): fresh connections, nothing in flight, the
+        background checker running again."""
+        self.balancer.fork_reset()
+        self._life.fork_reset()
+        self._engine.sender.fork_reset()
+        self._aengine.sender.fork_reset()
+        if self._checker is not None and not self._life.closed:
+            self._checker = self._checker.restarted()
 
     def _check_timeout(self, timeout: float | None = None) -> float:
         return timeout or min(_CHECK_TIMEOUT_MAX, self.config.timeout)

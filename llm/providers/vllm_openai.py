@@ -27,6 +27,7 @@ __all__ = ["VLLMOpenAIProvider"]
 
 _CLIENT_BASE_URL = "http://llm-routes/v1"  # the host is never contacted: the transport routes
 _CLIENT_TIMEOUT_MARGIN = 5.0  # seconds past the deadline before the client itself gives up
+CLOSE_TIMEOUT = 10.0  # seconds close() waits for the calls in flight
 
 
 class VLLMOpenAIProvider(SyncAPI, AsyncAPI):
@@ -50,16 +51,24 @@ class VLLMOpenAIProvider(SyncAPI, AsyncAPI):
         kwargs.setdefault("base_url", _CLIENT_BASE_URL)
         kwargs.setdefault("timeout", httpx.Timeout(self.config.deadline + _CLIENT_TIMEOUT_MARGIN))
 
-    def close(self) -> None:
-        """Stop the background checks and close the sync connections."""
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Take no new call; wait up to ``timeout`` seconds for the calls in flight (sync
+        ones in other threads); then stop the background checks and close the sync
+        connections. A call still running then ends with ``ProviderClosedError``, and any
+        call after this raises it at once. From async code, use ``aclose``."""
+        self._life.close()
+        self._life.wait_idle(timeout)
         if self._checker is not None:
             self._checker.stop()
         self._engine.close()
 
-    async def aclose(self) -> None:
-        """Close the async connections (from the loop that opened them), then as ``close``."""
+    async def aclose(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """As ``close``, waiting without blocking the loop, and closing the async
+        connections too (call it from the loop that opened them)."""
+        self._life.close()
+        await self._life.await_idle(timeout)
         await self._aengine.aclose()
-        self.close()
+        self.close(timeout=0)
 
     def __enter__(self) -> VLLMOpenAIProvider:
         return self

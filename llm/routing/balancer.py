@@ -288,6 +288,15 @@ class Balancer:
         if self.on_health is not None:
             self.on_health(HealthChange("ejected", name, reason, until, by_check=True))
 
+    def fork_reset(self) -> None:
+        """In a forked child: a fresh lock (another thread of the parent may have held it),
+        and nothing in flight (the parent's calls do not exist here). Health and latency
+        are kept: they are still true of the routes."""
+        self.lock = threading.Lock()
+        for route in self.routes.values():
+            route.in_flight = 0
+            route.health.trial_in_flight = 0
+
     # -- reading -------------------------------------------------------------------------
 
     def stats(self) -> dict[str, dict[str, Any]]:

@@ -20,16 +20,48 @@ README). aiohttp is imported when the first session is made, not with ``llm``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sys
 from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as _timeout
+else:  # aiohttp depends on it before 3.11
+    from async_timeout import timeout as _timeout
 
 from ..config import RouteConfig
+from .lifecycle import closed_error
 from .protocols import Request
 from .tls import tls_verify
 
 if TYPE_CHECKING:
     import aiohttp
+
+_UNBOUNDED: AbstractAsyncContextManager[None] = contextlib.nullcontext()
+
+
+class _AttemptBound:
+    """``async with``: the task is cancelled ``seconds`` from now, and that cancellation
+    turns into a ``TimeoutError`` saying so (``asyncio.timeout``, or async-timeout on 3.10)."""
+
+    __slots__ = ("_seconds", "_timeout")
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+
+    async def __aenter__(self) -> None:
+        self._timeout = _timeout(self._seconds)
+        await self._timeout.__aenter__()
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        try:
+            await self._timeout.__aexit__(*exc_info)
+        except asyncio.TimeoutError:
+            raise asyncio.TimeoutError(f"no answer within {self._seconds:g}s") from None
+
 
 MAX_CONNECTIONS = 1000
 KEEPALIVE_EXPIRY = 4.0  # under uvicorn's 5 s: a connection the server is closing is not reused
@@ -75,6 +107,7 @@ class AiohttpSender:
         self._sessions: dict[bool | str, aiohttp.ClientSession] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timeouts: dict[tuple[float, float, bool], aiohttp.ClientTimeout] = {}
+        self._closed = False
 
     @property
     def io_errors(self) -> tuple[type[BaseException], ...]:
@@ -87,6 +120,8 @@ class AiohttpSender:
             self._loop = loop
         session = self._sessions.get(route.verify)
         if session is None:
+            if self._closed:
+                raise closed_error()
             import aiohttp
 
             verify = tls_verify(route)
@@ -101,7 +136,11 @@ class AiohttpSender:
             self._sessions[route.verify] = session
         return session
 
-    def _timeout(self, seconds: float, connect: float, stream: bool) -> aiohttp.ClientTimeout:
+    def _timeout(self, request: Request) -> aiohttp.ClientTimeout:
+        """A whole answer: ``total``. A stream: each read (``bounded`` holds the way to its
+        first token)."""
+        stream, connect = request.stream, request.connect_timeout
+        seconds = request.read_timeout if stream else request.timeout
         key = (seconds, connect, stream)
         timeout = self._timeouts.get(key)
         if timeout is None:
@@ -116,18 +155,30 @@ class AiohttpSender:
             self._timeouts[key] = timeout
         return timeout
 
+    def bounded(self, seconds: float, stream: bool) -> AbstractAsyncContextManager[None]:
+        # a whole answer is bounded by aiohttp's total timeout already
+        return _AttemptBound(seconds) if stream else _UNBOUNDED
+
     async def send(self, request: Request) -> AiohttpAnswer:
         response = await self._session(request.route).request(
             request.method,
             request.url,
             data=request.content,
             headers=request.headers,
-            timeout=self._timeout(request.timeout, request.connect_timeout, request.stream),
+            timeout=self._timeout(request),
             allow_redirects=False,
         )
         return AiohttpAnswer(response)
 
     async def aclose(self) -> None:
+        """Close the sessions; a request after this raises ``ProviderClosedError``."""
+        self._closed = True
         sessions, self._sessions = self._sessions, {}
         for session in sessions.values():
             await session.close()
+
+    def fork_reset(self) -> None:
+        """In a forked child: forget the parent's sessions (their sockets are the parent's,
+        their event loop is not running here)."""
+        self._sessions = {}
+        self._loop = None

@@ -20,7 +20,7 @@ route and path); and ``settle``: what a status and body mean (``judge``) applied
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from ..call.headers import route_headers
 from ..call.spec import AnswerKind, BodyEncoder, CallSpec
@@ -40,18 +40,25 @@ from ..routing.balancer import Balancer
 from ..routing.plan import CallPlan, plan_call
 from ..routing.state import RouteState
 from .failures import route_failure
-from .protocols import Request
+from .lifecycle import Lifecycle, closed_error
+from .protocols import AsyncAnswer, Request, SyncAnswer
 
 
 class EngineBase:
     """The I/O-free part of both engines."""
 
     def __init__(
-        self, config: LLMConfig, balancer: Balancer, *, clock: Callable[[], float]
+        self,
+        config: LLMConfig,
+        balancer: Balancer,
+        *,
+        clock: Callable[[], float],
+        life: Lifecycle | None = None,
     ) -> None:
         self.config = config
         self.balancer = balancer
         self.clock = clock
+        self.life = life or Lifecycle()
         self.max_response_bytes = config.max_response_bytes
         self._urls: dict[tuple[str, str], str] = {}
         self._headers: dict[str, dict[str, str]] = {}
@@ -82,8 +89,18 @@ class EngineBase:
         if spec.headers:
             headers = {**headers, **spec.headers}
         connect_timeout = min(self.config.connect_timeout, timeout)
+        # a stream's gaps after its first token: the route's own timeout, not what is left
+        read_timeout = route.timeout if spec.stream else timeout
         return Request(
-            route, spec.method, url, headers, content, timeout, connect_timeout, spec.stream
+            route,
+            spec.method,
+            url,
+            headers,
+            content,
+            timeout,
+            connect_timeout,
+            read_timeout,
+            spec.stream,
         )
 
     @staticmethod
@@ -93,8 +110,8 @@ class EngineBase:
         except (TypeError, ValueError) as exc:
             raise InvalidRequestError(f"request body is not JSON-serialisable: {exc}") from None
 
-    @staticmethod
     def report_raised(
+        self,
         plan: CallPlan,
         route: RouteState,
         started: float,
@@ -104,13 +121,17 @@ class EngineBase:
         """Report the open attempt, which raised ``exc``. True: the route's failure, reported
         (try the next route). False: re-raise it, because it is not the route's fault (the
         attempt is reported as without evidence) or the attempt was reported already (the
-        request's own fault, raised once recorded)."""
+        request's own fault, raised once recorded). Raises ``ProviderClosedError`` when the
+        provider's closing ended the attempt: no route is blamed for that."""
         if not plan.attempt_open:
             return False
         error = route_failure(route.name, exc, io_errors)
         if error is None:
             plan.finished(route, started)
             return False
+        if self.life.closed:
+            plan.finished(route, started)
+            raise closed_error() from None
         plan.failed(route, started, error, outcome_name(error))
         return True
 
@@ -119,13 +140,13 @@ class EngineBase:
         plan: CallPlan,
         route: RouteState,
         started: float,
-        status: int,
-        headers: Mapping[str, str],
+        answer: SyncAnswer | AsyncAnswer,
         content: bytes,
         expect: AnswerKind | None,
     ) -> Reply | None:
         """A Reply on success; None when the route failed (try the next); raises the
         request's own fault (a 400...) after recording it."""
+        status, headers = answer.status_code, answer.headers
         verdict = verdict_for_status(status)
         if verdict is Verdict.OK:
             data, problem = decode_answer(content, expect)

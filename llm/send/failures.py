@@ -1,7 +1,7 @@
 """What an exception from an HTTP library means: the typed error of a call, the text of a check.
 
-The senders use httpx (sync, and transports handed in) and aiohttp (async). Their exceptions,
-and the OS errors under them, are read here and nowhere else:
+The senders use httpcore (sync), aiohttp (async) and httpx (transports handed in). Their
+exceptions, and the OS errors under them, are read here and nowhere else:
 
 - ``route_failure``: whether an exception raised during an attempt is the route's failure,
   and which (the engines and streams ask it, and nothing else);
@@ -25,6 +25,7 @@ import socket
 import ssl
 from collections.abc import Iterator
 
+import httpcore
 import httpx
 
 from ..errors import LLMError, RouteConnectionError, RouteError, RouteTimeoutError
@@ -41,15 +42,21 @@ def _original(exc: BaseException) -> BaseException:
     return exc
 
 
+_TIMEOUTS = (TimeoutError, asyncio.TimeoutError, httpx.TimeoutException, httpcore.TimeoutException)
+_CONNECT_FAILURES = (httpx.ConnectError, httpcore.ConnectError, ConnectionRefusedError)
+_CONNECT_TIMEOUTS = (httpx.ConnectTimeout, httpcore.ConnectTimeout)
+_BAD_HEADERS = (httpx.LocalProtocolError, httpcore.LocalProtocolError, UnicodeError)
+
+
 def _is_timeout(exc: BaseException) -> bool:
-    return isinstance(exc, (TimeoutError, asyncio.TimeoutError, httpx.TimeoutException))
+    return isinstance(exc, _TIMEOUTS)
 
 
 def _is_connect_failure(exc: BaseException) -> bool:
     """The connection was never made (refused, no route, bad TLS, a name not found...)."""
-    return isinstance(exc, (httpx.ConnectError, ConnectionRefusedError)) or type(
-        exc
-    ).__name__.startswith("ClientConnector")  # aiohttp's, without importing aiohttp
+    return isinstance(exc, _CONNECT_FAILURES) or type(exc).__name__.startswith(
+        "ClientConnector"  # aiohttp's, without importing aiohttp
+    )
 
 
 def route_failure(
@@ -117,7 +124,7 @@ def describe_failure(exc: BaseException, timeout: float) -> str:
     for link in links:
         # A header value the HTTP client refuses to send (a key with a line break, a non-ASCII
         # value...): the client's own message quotes the value, so it is never shown.
-        if isinstance(link, (httpx.LocalProtocolError, UnicodeError)) or (
+        if isinstance(link, _BAD_HEADERS) or (
             type(link) is ValueError and "header" in str(link).lower()
         ):
             return (
@@ -126,16 +133,15 @@ def describe_failure(exc: BaseException, timeout: float) -> str:
             )
     original = _original(exc)
     if _is_timeout(original):
-        if (
-            isinstance(original, httpx.ConnectTimeout)
-            or "ConnectionTimeout" in type(original).__name__
-        ):
+        name = type(original).__name__
+        if isinstance(original, _CONNECT_TIMEOUTS) or "ConnectionTimeout" in name:
             return f"could not connect within {timeout:g}s"
         return f"no answer within {timeout:g}s"
     for link in links:
         if isinstance(link, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
             return "connection dropped"
-    if isinstance(exc, httpx.RemoteProtocolError) and "without sending" in str(exc):
+    remote = (httpx.RemoteProtocolError, httpcore.RemoteProtocolError)
+    if isinstance(exc, remote) and "without sending" in str(exc):
         return "connection closed without an answer"
     for link in links:
         if isinstance(link, OSError) and link.strerror:

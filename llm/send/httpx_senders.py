@@ -1,29 +1,24 @@
-"""Senders over httpx: the sync path's own, and any httpx transport handed to the provider.
+"""Senders over an httpx transport handed to the provider (``transport=``, ``async_transport=``).
 
-``HttpxSender`` is the sync engine's sender: one ``httpx.HTTPTransport`` (a connection pool)
-per distinct ``verify`` value of the routes, or the transport handed to the provider
-(``transport=``: respx, ``httpx.MockTransport``). ``HttpxAsyncSender`` serves an async httpx
-transport handed to the provider (``async_transport=``); without one, the async engine uses
-aiohttp (``aiohttp_sender.py``). Both talk to the transport directly, below ``httpx.Client``:
-the engines do what a client would add (redirects are not followed, no default headers).
+Tests and mocks hand the provider an httpx transport (respx, ``httpx.MockTransport``); the
+engines reach it through these senders, as they reach aiohttp (``aiohttp_sender.py``) and
+httpcore (``httpcore_sender.py``) otherwise. They talk to the transport directly, below
+``httpx.Client``: the engines do what a client would add (redirects are not followed, no
+default headers). A transport handed in keeps its own timeouts: ``bounded`` adds nothing, and
+the engines' clock checks (``read_body``, a stream's first token) bound what arrives.
 """
 
 from __future__ import annotations
 
-import threading
+import contextlib
 from collections.abc import AsyncIterator, Iterator, Mapping
 
 import httpx
 
-from ..config import RouteConfig
 from .protocols import Request
-from .tls import tls_verify
-
-_LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=256, keepalive_expiry=4.0)
-# keepalive_expiry stays under uvicorn's 5 s keep-alive (vLLM's server) so that we never reuse
-# a connection the server is about to close, which would look like a route failure.
 
 _IO_ERRORS: tuple[type[BaseException], ...] = (httpx.HTTPError, OSError)
+_UNBOUNDED = contextlib.nullcontext()
 
 _URLS: dict[str, httpx.URL] = {}  # parsed once: a route's URLs are few and parsing is not free
 _URLS_KEPT = 1024
@@ -38,13 +33,13 @@ def _httpx_request(request: Request) -> httpx.Request:
         parsed = _URLS[url] = httpx.URL(url)
     # UTF-8 here: httpx would encode str values as ASCII and raise on anything else.
     encoded = [(name.encode(), value.encode()) for name, value in request.headers.items()]
-    timeout = request.timeout
+    read = request.read_timeout
     extensions = {
         "timeout": {
             "connect": request.connect_timeout,
-            "read": timeout,
-            "write": timeout,
-            "pool": timeout,
+            "read": read,
+            "write": read,
+            "pool": request.timeout,
         }
     }
     return httpx.Request(
@@ -93,37 +88,24 @@ class HttpxAsyncAnswer:
 
 
 class HttpxSender:
-    """The sync sender: httpx transports per ``verify`` value, or the one handed in."""
+    """The sync sender over an httpx transport handed to the provider."""
 
     io_errors = _IO_ERRORS
 
-    def __init__(self, transport: httpx.BaseTransport | None = None) -> None:
-        self._given = transport
-        self._transports: dict[bool | str, httpx.BaseTransport] = {}
-        self._lock = threading.Lock()
+    def __init__(self, transport: httpx.BaseTransport) -> None:
+        self._transport = transport
 
-    def _transport(self, route: RouteConfig) -> httpx.BaseTransport:
-        if self._given is not None:
-            return self._given
-        transport = self._transports.get(route.verify)
-        if transport is None:
-            with self._lock:  # threads racing here would each make (and leak) a pool
-                transport = self._transports.get(route.verify)
-                if transport is None:
-                    transport = httpx.HTTPTransport(verify=tls_verify(route), limits=_LIMITS)
-                    self._transports[route.verify] = transport
-        return transport
+    def bounded(self, seconds: float, stream: bool) -> contextlib.nullcontext[None]:
+        return _UNBOUNDED
 
     def send(self, request: Request) -> HttpxAnswer:
-        transport = self._transport(request.route)
-        return HttpxAnswer(transport.handle_request(_httpx_request(request)))
+        return HttpxAnswer(self._transport.handle_request(_httpx_request(request)))
 
     def close(self) -> None:
-        """Close the pools this sender made (a transport handed in belongs to its owner)."""
-        with self._lock:
-            transports, self._transports = self._transports, {}
-        for transport in transports.values():
-            transport.close()
+        """Nothing to close: the transport belongs to whoever handed it in."""
+
+    def fork_reset(self) -> None:
+        """Nothing to forget: the transport belongs to whoever handed it in."""
 
 
 class HttpxAsyncSender:
@@ -134,9 +116,15 @@ class HttpxAsyncSender:
     def __init__(self, transport: httpx.AsyncBaseTransport) -> None:
         self._transport = transport
 
+    def bounded(self, seconds: float, stream: bool) -> contextlib.nullcontext[None]:
+        return _UNBOUNDED
+
     async def send(self, request: Request) -> HttpxAsyncAnswer:
         answer = await self._transport.handle_async_request(_httpx_request(request))
         return HttpxAsyncAnswer(answer)
 
     async def aclose(self) -> None:
         """Nothing to close: the transport belongs to whoever handed it in."""
+
+    def fork_reset(self) -> None:
+        """Nothing to forget: the transport belongs to whoever handed it in."""

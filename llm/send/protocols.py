@@ -7,16 +7,19 @@ loop whatever carries the bytes:
 
 - async: ``AiohttpSender`` (``aiohttp_sender.py``), or ``HttpxAsyncSender`` over an httpx
   transport handed to the provider (``httpx_senders.py``; tests and mocks);
-- sync: ``HttpxSender`` over httpx's own transports, or one handed in.
+- sync: ``HttpcoreSender`` (``httpcore_sender.py``), or ``HttpxSender`` over an httpx
+  transport handed to the provider.
 
-``io_errors`` is the tuple of exception types that mean an I/O failure for this sender's
-library (``failures.transport_error`` reads them); anything else raised while sending (a
-cancellation, a bug) is not the route's fault and propagates.
+``bounded`` holds everything an attempt waits on to one deadline (a peer sending a little
+at a time must not hold it longer). ``io_errors`` is the tuple of exception types that mean
+an I/O failure for this sender's library (``failures.transport_error`` reads them); anything
+else raised while sending (a cancellation, a bug) is not the route's fault and propagates.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,8 +28,9 @@ from ..config import RouteConfig
 
 @dataclass(slots=True)
 class Request:
-    """One request to one route. ``timeout`` bounds the whole answer, or for a stream each
-    read; ``connect_timeout`` the connection. Redirects are never followed."""
+    """One request to one route. ``timeout`` bounds the whole answer (the sender's own
+    bound, or ``bounded``); ``read_timeout`` each read of a stream after its first token;
+    ``connect_timeout`` the connection. Redirects are never followed."""
 
     route: RouteConfig
     method: str
@@ -35,6 +39,7 @@ class Request:
     content: bytes | None
     timeout: float
     connect_timeout: float
+    read_timeout: float
     stream: bool = False
 
 
@@ -72,15 +77,27 @@ class AsyncSender(Protocol):
     @property
     def io_errors(self) -> tuple[type[BaseException], ...]: ...
 
+    def bounded(self, seconds: float, stream: bool) -> AbstractAsyncContextManager[None]:
+        """``async with``: every wait of the sends and reads inside it (connecting, interim
+        answers, headers, the body, a stream's first token) ends within ``seconds``, with
+        one of ``io_errors``."""
+
     async def send(self, request: Request) -> AsyncAnswer: ...
 
     async def aclose(self) -> None: ...
+
+    def fork_reset(self) -> None:
+        """In a forked child: forget every connection (they are the parent's)."""
 
 
 class SyncSender(Protocol):
     @property
     def io_errors(self) -> tuple[type[BaseException], ...]: ...
 
+    def bounded(self, seconds: float, stream: bool) -> AbstractContextManager[None]: ...
+
     def send(self, request: Request) -> SyncAnswer: ...
 
     def close(self) -> None: ...
+
+    def fork_reset(self) -> None: ...

@@ -1,10 +1,10 @@
 """One look at one route: ``GET /health``, then ``GET /v1/models``, each bounded in time and size.
 
 Both requests carry what calls carry (the route's key and headers: a proxy in front of vLLM
-may want them) and go through the provider's own sender. Each must be answered in full within
-``timeout`` and ``limit`` bytes (``read_body``); any failure becomes the check's ``error``
-(``check.failed_check``), never an exception. Written once, for async; ``scripts/unasync.py``
-writes the sync twin from it.
+may want them) and go through the provider's own sender. Each, from connecting to its last
+byte, is held to ``timeout`` (``sender.bounded``) and ``limit`` bytes (``read_body``); any
+failure becomes the check's ``error`` (``check.failed_check``), never an exception. Written
+once, for async; ``scripts/unasync.py`` writes the sync twin from it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from ...call.headers import route_headers
 from ...config import RouteConfig
 from ...send._async.read import read_body
 from ...send.protocols import AsyncSender, Request
-from ..check import RouteCheck, elapsed_ms, failed_check, judge_check, new_check
+from ..check import CAP, RouteCheck, elapsed_ms, failed_check, judge_check, new_check
 
 
 async def acheck_route(
@@ -23,25 +23,30 @@ async def acheck_route(
 ) -> RouteCheck:
     check = new_check(route)
     headers = route_headers(route)
+    times = (timeout, timeout, timeout)  # the whole request, connecting, each read
     clock = time.perf_counter
     started = clock()
     step = "/health"
     try:
-        url = route.server_url + "/health"
-        health = await sender.send(Request(route, "GET", url, headers, None, timeout, timeout))
-        try:
-            await read_body(health, route.name, limit, clock, started, timeout)
-        finally:
-            await health.aclose()
+        async with sender.bounded(timeout, False):
+            url = route.server_url + "/health"
+            health = await sender.send(Request(route, "GET", url, headers, None, *times))
+            try:
+                await read_body(health, route.name, limit, clock, started, timeout, CAP)
+            finally:
+                await health.aclose()
         check.health_ms = elapsed_ms(started)
         step = "/v1/models"
         models_started = clock()
-        url = route.base_url + "/models"
-        models = await sender.send(Request(route, "GET", url, headers, None, timeout, timeout))
-        try:
-            body = await read_body(models, route.name, limit, clock, models_started, timeout)
-        finally:
-            await models.aclose()
+        async with sender.bounded(timeout, False):
+            url = route.base_url + "/models"
+            models = await sender.send(Request(route, "GET", url, headers, None, *times))
+            try:
+                body = await read_body(
+                    models, route.name, limit, clock, models_started, timeout, CAP
+                )
+            finally:
+                await models.aclose()
         check.models_ms = elapsed_ms(models_started)
     except Exception as exc:  # noqa: BLE001 - a check reports every failure, never raises
         return failed_check(check, exc, timeout, step, route)

@@ -71,21 +71,23 @@ class AsyncAPI(ProviderBase):
 
     async def ais_available(self) -> bool:
         """True when some route of the default pool (or the fallback) passes a live check."""
+        self._open()
         checks = await acheck_routes(
             self._default_routes(),
             self._aengine.sender,
             self._check_timeout(),
-            self.config.max_response_bytes,
+            self._check_limit,
         )
         return any(check.healthy for check in checks)
 
     async def ahealth_checks(self, timeout: float | None = None) -> list[RouteCheck]:
         """A live check (/health, /v1/models) of every route, in config order."""
+        self._open()
         return await acheck_routes(
             self._all_routes(),
             self._aengine.sender,
             self._check_timeout(timeout),
-            self.config.max_response_bytes,
+            self._check_limit,
         )
 
     async def ahealth(self, timeout: float | None = None) -> dict[str, dict[str, Any]]:

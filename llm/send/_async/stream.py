@@ -31,6 +31,7 @@ from ...judge.stream import carries_payload, events_of
 from ...routing.plan import CallPlan
 from ...routing.state import RouteState
 from ..failures import route_failure
+from ..lifecycle import Lifecycle, closed_error
 from ..protocols import AsyncAnswer
 
 Event = dict[str, Any]
@@ -50,6 +51,7 @@ class AsyncStream:
         io_errors: tuple[type[BaseException], ...],
         max_event_bytes: int,
         kind: AnswerKind | None,
+        life: Lifecycle,
     ) -> None:
         self._plan = plan
         self._route = route
@@ -58,6 +60,8 @@ class AsyncStream:
         self._clock = clock
         self._io_errors = io_errors
         self._kind = kind
+        self._life = life
+        self._left = False  # whether this stream's call has left the provider's lifecycle
         self._raw = answer.aiter_bytes()
         self._decoder = SSEDecoder(max_event_bytes)
         self._events: list[Event] = []  # read while priming, not handed out yet
@@ -90,8 +94,11 @@ class AsyncStream:
             )
         except BaseException as exc:
             failure = route_failure(self.route, exc, self._io_errors)
-            if failure is None:
-                await self._end_without_evidence()
+            if failure is None:  # not the route's fault: the engine reports the attempt
+                await self._release()
+                raise
+            if self._life.closed:  # the provider's closing cut it: the engine says so
+                await self._release()
                 raise
             error = failure
         cut = isinstance(error, StreamInterruptedError)
@@ -134,6 +141,9 @@ class AsyncStream:
             failure = route_failure(self.route, exc, self._io_errors)
             if failure is None:  # the consumer closing the generator, a cancellation, a bug
                 raise
+            if self._life.closed:  # the provider's closing cut it: no route is to blame
+                self._plan.finished(self._route, self._started)
+                raise closed_error() from None
             await self._raise_interrupted(failure)
         finally:
             await self.aclose()
@@ -156,10 +166,6 @@ class AsyncStream:
         self._plan.failed(self._route, self._started, error, outcome)
         await self._release()
 
-    async def _end_without_evidence(self) -> None:
-        self._plan.finished(self._route, self._started)
-        await self._release()
-
     async def _release(self) -> None:
         # Closing a broken connection must not mask the error being reported.
         with contextlib.suppress(Exception):
@@ -172,6 +178,9 @@ class AsyncStream:
         else:
             self._plan.finished(self._route, self._started)
         await self._release()
+        if not self._left:
+            self._left = True
+            self._life.leave()
 
     async def __aenter__(self) -> AsyncStream:
         return self

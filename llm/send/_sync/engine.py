@@ -16,6 +16,11 @@ How this works
 ``open_stream`` runs a streamed call the same way up to the stream's first event with a
 payload (``Stream.prime``): until then a failure fails over. It returns the open stream.
 
+Everything an attempt waits on (connecting, interim answers, headers, the whole answer or a
+stream's first token) is held to the attempt's timeout by ``sender.bounded``: a peer sending
+a little at a time cannot hold it longer. After its first token a stream's reads are bounded
+by the route's own timeout, not by what was left of the call's deadline.
+
 Every attempt is reported to the plan exactly once, whatever is raised: an I/O error or a
 limit of ``read_body`` as the route's failure, anything else (a cancellation, the caller's own
 fault) as an attempt without evidence, before it propagates. Written once, for async;
@@ -33,6 +38,7 @@ from ...judge.stream import stream_problem
 from ...results import Reply
 from ...routing.balancer import Balancer
 from ..base import EngineBase
+from ..lifecycle import Lifecycle, closed_error
 from ..protocols import SyncSender, SyncSleep
 from .read import read_body
 from .stream import SyncStream
@@ -47,8 +53,9 @@ class SyncEngine(EngineBase):
         *,
         clock: Callable[[], float],
         sleep: SyncSleep,
+        life: Lifecycle | None = None,
     ) -> None:
-        super().__init__(config, balancer, clock=clock)
+        super().__init__(config, balancer, clock=clock, life=life)
         self.sender = sender
         self.sleep = sleep
 
@@ -56,75 +63,92 @@ class SyncEngine(EngineBase):
         """A non-streamed call: the first good answer, else the error of the last attempt."""
         plan = self.plan(spec)
         body = BodyEncoder(spec)
-        sender, limit, clock = self.sender, self.max_response_bytes, self.clock
-        while (route := plan.next()) is not None:
-            if plan.delay > 0:
-                self.sleep(plan.delay)
-            payload, timeout = self.content(body, route.config), plan.timeout
-            started = plan.start(route)
-            try:
-                answer = sender.send(self.request_for(route.config, spec, payload, timeout))
+        sender, limit, clock, life = self.sender, self.max_response_bytes, self.clock, self.life
+        life.enter()
+        try:
+            while (route := plan.next()) is not None:
+                if plan.delay > 0:
+                    self.sleep(plan.delay)
+                if life.closed:
+                    raise closed_error()
+                payload, timeout = self.content(body, route.config), plan.timeout
+                started = plan.start(route)
                 try:
-                    content = read_body(
-                        answer, route.name, limit, clock, started, timeout
-                    )
-                finally:
-                    answer.close()
-                reply = self.settle(
-                    plan, route, started, answer.status_code, answer.headers, content, spec.expect
-                )
-            except BaseException as exc:
-                if not self.report_raised(plan, route, started, exc, sender.io_errors):
-                    raise
-                continue
-            if reply is not None:
-                return reply
-        raise plan.exhausted()
+                    with sender.bounded(timeout, False):
+                        request = self.request_for(route.config, spec, payload, timeout)
+                        answer = sender.send(request)
+                        try:
+                            content = read_body(
+                                answer, route.name, limit, clock, started, timeout
+                            )
+                        finally:
+                            answer.close()
+                    reply = self.settle(plan, route, started, answer, content, spec.expect)
+                except BaseException as exc:
+                    if not self.report_raised(plan, route, started, exc, sender.io_errors):
+                        raise
+                    continue
+                if reply is not None:
+                    return reply
+            raise plan.exhausted()
+        finally:
+            life.leave()
 
     def open_stream(self, spec: CallSpec) -> SyncStream:
-        """A streamed call, returned once its first event with a payload is in hand."""
+        """A streamed call, returned once its first event with a payload is in hand (the
+        stream then owns the call: closing it ends the call)."""
         plan = self.plan(spec)
         body = BodyEncoder(spec)
-        sender, limit, clock = self.sender, self.max_response_bytes, self.clock
-        while (route := plan.next()) is not None:
-            if plan.delay > 0:
-                self.sleep(plan.delay)
-            payload, timeout = self.content(body, route.config), plan.timeout
-            started = plan.start(route)
-            try:
-                answer = sender.send(self.request_for(route.config, spec, payload, timeout))
-                if 200 <= answer.status_code < 300:
-                    problem = stream_problem(answer.headers)
-                    if problem is not None:
-                        answer.close()
-                        raise InvalidResponseError(problem, route=route.name)
-                    stream = SyncStream(
-                        plan,
-                        route,
-                        started,
-                        answer,
-                        clock=clock,
-                        io_errors=sender.io_errors,
-                        max_event_bytes=limit,
-                        kind=spec.expect,
-                    )
-                    if stream.prime():
-                        return stream
-                    continue  # prime reported the failure
+        sender, limit, clock, life = self.sender, self.max_response_bytes, self.clock, self.life
+        life.enter()
+        opened: SyncStream | None = None
+        try:
+            while (route := plan.next()) is not None:
+                if plan.delay > 0:
+                    self.sleep(plan.delay)
+                if life.closed:
+                    raise closed_error()
+                payload, timeout = self.content(body, route.config), plan.timeout
+                started = plan.start(route)
                 try:
-                    content = read_body(
-                        answer, route.name, limit, clock, started, timeout
-                    )
-                finally:
-                    answer.close()
-                # an error status: the request's own fault raises, else the next route
-                self.settle(
-                    plan, route, started, answer.status_code, answer.headers, content, spec.expect
-                )
-            except BaseException as exc:
-                if not self.report_raised(plan, route, started, exc, sender.io_errors):
-                    raise
-        raise plan.exhausted()
+                    with sender.bounded(timeout, True):  # up to the first token
+                        request = self.request_for(route.config, spec, payload, timeout)
+                        answer = sender.send(request)
+                        if 200 <= answer.status_code < 300:
+                            problem = stream_problem(answer.headers)
+                            if problem is not None:
+                                answer.close()
+                                raise InvalidResponseError(problem, route=route.name)
+                            stream = SyncStream(
+                                plan,
+                                route,
+                                started,
+                                answer,
+                                clock=clock,
+                                io_errors=sender.io_errors,
+                                max_event_bytes=limit,
+                                kind=spec.expect,
+                                life=life,
+                            )
+                            if stream.prime():
+                                opened = stream
+                                return stream
+                            continue  # prime reported the failure
+                        try:
+                            content = read_body(
+                                answer, route.name, limit, clock, started, timeout
+                            )
+                        finally:
+                            answer.close()
+                    # an error status: the request's own fault raises, else the next route
+                    self.settle(plan, route, started, answer, content, spec.expect)
+                except BaseException as exc:
+                    if not self.report_raised(plan, route, started, exc, sender.io_errors):
+                        raise
+            raise plan.exhausted()
+        finally:
+            if opened is None:
+                life.leave()
 
     def close(self) -> None:
         self.sender.close()

@@ -24,21 +24,22 @@ def read_body(
     clock: Callable[[], float],
     started: float,
     timeout: float,
+    cap: str = "max_response_bytes",
 ) -> bytes:
-    """The whole body of ``answer``: at most ``limit`` bytes, complete within ``timeout``
-    seconds of ``started`` (both readings of ``clock``)."""
+    """The whole body of ``answer``: at most ``limit`` bytes (the setting named ``cap``),
+    complete within ``timeout`` seconds of ``started`` (both readings of ``clock``)."""
     whole = answer.read_declared(limit)
     if whole is not None:
         return whole
     if declared_oversized(answer.headers, limit):
-        raise oversized(route, limit)
+        raise oversized(route, limit, cap=cap)
     deadline = started + timeout
     parts: list[bytes] = []
     size = 0
     for chunk in answer.iter_bytes():
         size += len(chunk)
         if size > limit:
-            raise oversized(route, limit)
+            raise oversized(route, limit, cap=cap)
         parts.append(chunk)
         if clock() > deadline:  # a server trickling bytes never trips a read timeout
             raise too_long(route, timeout)

@@ -33,6 +33,7 @@ from ...judge.stream import carries_payload, events_of
 from ...routing.plan import CallPlan
 from ...routing.state import RouteState
 from ..failures import route_failure
+from ..lifecycle import Lifecycle, closed_error
 from ..protocols import SyncAnswer
 
 Event = dict[str, Any]
@@ -52,6 +53,7 @@ class SyncStream:
         io_errors: tuple[type[BaseException], ...],
         max_event_bytes: int,
         kind: AnswerKind | None,
+        life: Lifecycle,
     ) -> None:
         self._plan = plan
         self._route = route
@@ -60,6 +62,8 @@ class SyncStream:
         self._clock = clock
         self._io_errors = io_errors
         self._kind = kind
+        self._life = life
+        self._left = False  # whether this stream's call has left the provider's lifecycle
         self._raw = answer.iter_bytes()
         self._decoder = SSEDecoder(max_event_bytes)
         self._events: list[Event] = []  # read while priming, not handed out yet
@@ -92,8 +96,11 @@ class SyncStream:
             )
         except BaseException as exc:
             failure = route_failure(self.route, exc, self._io_errors)
-            if failure is None:
-                self._end_without_evidence()
+            if failure is None:  # not the route's fault: the engine reports the attempt
+                self._release()
+                raise
+            if self._life.closed:  # the provider's closing cut it: the engine says so
+                self._release()
                 raise
             error = failure
         cut = isinstance(error, StreamInterruptedError)
@@ -136,6 +143,9 @@ class SyncStream:
             failure = route_failure(self.route, exc, self._io_errors)
             if failure is None:  # the consumer closing the generator, a cancellation, a bug
                 raise
+            if self._life.closed:  # the provider's closing cut it: no route is to blame
+                self._plan.finished(self._route, self._started)
+                raise closed_error() from None
             self._raise_interrupted(failure)
         finally:
             self.close()
@@ -158,10 +168,6 @@ class SyncStream:
         self._plan.failed(self._route, self._started, error, outcome)
         self._release()
 
-    def _end_without_evidence(self) -> None:
-        self._plan.finished(self._route, self._started)
-        self._release()
-
     def _release(self) -> None:
         # Closing a broken connection must not mask the error being reported.
         with contextlib.suppress(Exception):
@@ -174,6 +180,9 @@ class SyncStream:
         else:
             self._plan.finished(self._route, self._started)
         self._release()
+        if not self._left:
+            self._left = True
+            self._life.leave()
 
     def __enter__(self) -> SyncStream:
         return self
