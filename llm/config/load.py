@@ -25,8 +25,9 @@ How this works
    or empty, as in the shell. ``$${`` stands for a literal ``${``. This works on a copy: the
    caller's data is never changed.
 5. **Override**. ``VLLM_BASE_URL`` / ``VLLM_MODEL`` replace the default route's ``base_url`` /
-   ``model``; ``VLLM_API_KEY`` gives an ``api_key`` to every route that has none. Empty values
-   count as unset.
+   ``model`` (a ``user:password@`` in ``VLLM_BASE_URL`` is read as in the file: it becomes an
+   ``Authorization: Basic`` header); ``VLLM_API_KEY`` gives an ``api_key`` to every route that
+   has none and no ``user:password@`` in its ``base_url``. Empty values count as unset.
 6. **Validate and build** (``sections.build``). An error names its key path, and here also
    the variable a value came from and the file.
 
@@ -45,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigError
 from .model import LLMConfig
 from .readers import check_keys, describe, fail, join, read_mapping
+from .redact import split_userinfo
 from .sections import build
 
 if TYPE_CHECKING:
@@ -167,9 +169,13 @@ def _apply_env_overrides(raw: dict[Any, Any], environ: Mapping[str, str]) -> dic
     api_key = environ.get("VLLM_API_KEY")
     if api_key:
         for name, route in routes.items():
-            if isinstance(route, dict) and "api_key" not in route:
-                route["api_key"] = api_key
-                origins[f"llm.routes.{name}.api_key"] = "VLLM_API_KEY"
+            if not isinstance(route, dict) or "api_key" in route:
+                continue
+            url = route.get("base_url")
+            if isinstance(url, str) and split_userinfo(url.strip()):
+                continue  # the URL's user:password@ is its Authorization
+            route["api_key"] = api_key
+            origins[f"llm.routes.{name}.api_key"] = "VLLM_API_KEY"
     return origins
 
 
