@@ -6,6 +6,7 @@ refused) or at a socket that listens but never answers (a hung server).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -417,7 +418,8 @@ def test_an_api_key_never_appears_in_any_output(tmp_path, capsys, refused_url):
             "keyed": route(locked.base_url, api_key=SECRET),  # healthy: the key is sent
             "keyless": route(locked.base_url),  # 401
             "dead": route(refused_url, api_key=SECRET, headers={"X-Token": SECRET}),
-            "userinfo": route(f"http://user:{SECRET}@{host}", api_key=SECRET),
+            # its user:password@ is sent as Authorization: Basic (the locked server wants Bearer)
+            "userinfo": route(f"http://user:{SECRET}@{host}"),
         }
         config = write_config(tmp_path / "keys.yaml", routes)
         outputs = []
@@ -426,6 +428,8 @@ def test_an_api_key_never_appears_in_any_output(tmp_path, capsys, refused_url):
             captured = capsys.readouterr()
             outputs.append(captured.out + captured.err)
         assert any(r.headers.get("authorization") == f"Bearer {SECRET}" for r in locked.requests)
+        basic = "Basic " + base64.b64encode(f"user:{SECRET}".encode()).decode()
+        assert any(r.headers.get("authorization") == basic for r in locked.requests)
     document = json.loads(outputs[0])
     routes_out = by_name(document)
     assert routes_out["keyed"]["healthy"] is True
@@ -433,9 +437,9 @@ def test_an_api_key_never_appears_in_any_output(tmp_path, capsys, refused_url):
         routes_out["keyless"]["error"] == "/v1/models answered HTTP 401 (check the route's api_key)"
     )
     assert routes_out["dead"]["error"] == "connection refused"
-    assert routes_out["userinfo"]["base_url"] == f"http://***@{host}"
+    assert routes_out["userinfo"]["base_url"] == f"http://{host}"  # taken out at load
     for text in outputs:
-        assert SECRET not in text and "Bearer" not in text
+        assert SECRET not in text and "Bearer" not in text and basic not in text
     assert SECRET[-8:] not in "".join(outputs)
 
 

@@ -43,7 +43,7 @@ import yaml
 from loguru import logger
 
 from llm.cli import bench, healthcheck
-from llm.config import LLMConfig, load_config, parse_config
+from llm.config import LLMConfig, RouteConfig, load_config, parse_config
 from llm.errors import (
     AllRoutesFailedError,
     APIStatusError,
@@ -1155,10 +1155,13 @@ def test_a_password_in_base_url_is_masked_where_the_route_is_shown() -> None:
     shown = config.route("a")
     with VLLMOpenAIProvider(config) as provider:
         stats = provider.stats()
-    assert stats["a"]["base_url"] == "http://***@127.0.0.1:9/v1"
+    assert stats["a"]["base_url"] == "http://127.0.0.1:9/v1"
     assert_clean(repr(shown), shown.shown_url, repr(config), stats)
-    assert shown.shown_url == "http://***@127.0.0.1:9/v1"
-    assert SECRET in shown.base_url  # still what requests are sent to
+    assert shown.base_url == shown.shown_url == "http://127.0.0.1:9/v1"  # taken out at load
+    basic = "Basic " + base64.b64encode(f"user:{SECRET}".encode()).decode()
+    assert dict(shown.headers) == {"Authorization": basic}  # what requests carry instead
+    by_hand = RouteConfig(name="a", base_url=f"http://user:{SECRET}@127.0.0.1:9/v1", model="m")
+    assert by_hand.shown_url == "http://***@127.0.0.1:9/v1"
 
 
 def test_an_unusable_ca_bundle_fails_the_route_over_with_a_clear_error(

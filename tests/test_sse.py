@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import random
+import tracemalloc
+from dataclasses import dataclass
+from itertools import pairwise
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from llm.judge.sse import SSEDecoder
+from llm.judge.sse import OversizedEventError, SSEDecoder
 
 # vLLM 0.32.0, POST /v1/chat/completions stream + include_usage, byte for byte
 # (from the captured protocol samples).
@@ -245,3 +250,143 @@ def test_an_unfinished_event_past_the_bound_is_refused():
         decoder.feed(b"56789abcdef")
     assert caught.value.limit == 16
     assert SSEDecoder().feed(b"data: " + b"x" * 100_000) == []  # no bound by default
+
+
+def test_the_bound_refuses_an_event_fed_byte_by_byte() -> None:
+    decoder = SSEDecoder(max_event_bytes=1000)
+    event = b"data: " + b"x" * 2000
+    for i in range(1000):  # up to the bound: held
+        assert decoder.feed(event[i : i + 1]) == []
+    assert decoder.pending
+    with pytest.raises(OversizedEventError) as caught:
+        decoder.feed(event[1000:1001])  # the 1001st byte
+    assert caught.value.limit == 1000
+
+
+def test_the_bound_counts_what_is_held_across_feeds_not_whole_events() -> None:
+    decoder = SSEDecoder(max_event_bytes=100)
+    big = b"data: " + b"x" * 150 + b"\n\n"
+    assert decoder.feed(big) == [b"x" * 150]  # a whole event in one feed is not held
+    assert decoder.feed(b"data: " + b"y" * 90) == []
+    assert decoder.feed(b"\n\ndata: " + b"z" * 90) == [b"y" * 90]  # ended: forgotten
+    with pytest.raises(OversizedEventError):
+        decoder.feed(b"z" * 10)
+
+
+# --------------------------------------------------------------------------- linear work
+
+
+def test_a_feed_allocates_in_proportion_to_itself_not_to_the_held_event() -> None:
+    """Feeding an unfinished event piece by piece copies no piece again: what one feed
+    allocates does not grow with what is held (before, each feed copied all of it)."""
+    piece = b"x" * 4096
+    decoder = SSEDecoder()
+    decoder.feed(b"data: ")
+    largest = 0
+    tracemalloc.start()
+    try:
+        for _ in range(512):  # 2 MiB held in the end
+            before = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+            assert decoder.feed(piece) == []
+            largest = max(largest, tracemalloc.get_traced_memory()[1] - before)
+    finally:
+        tracemalloc.stop()
+    assert largest < 64 * 1024, largest
+    (data,) = decoder.feed(b"\n\n")
+    assert data == piece * 512
+
+
+def test_tiny_pieces_are_gathered_and_the_event_is_intact() -> None:
+    decoder = SSEDecoder()
+    event = b"data: " + bytes(range(32, 127)) * 200 + b"\n\n"
+    events = [e for i in range(len(event)) for e in decoder.feed(event[i : i + 1])]
+    assert events == [bytes(range(32, 127)) * 200]
+    assert not decoder.pending
+
+
+# --------------------------------------------------------------------------- any split
+
+
+@dataclass(frozen=True)
+class Stream:
+    data: bytes
+    events: list[bytes]
+    done: bool
+    pending: bool
+
+
+# A line's value: any bytes but CR and LF.
+_VALUE = st.binary(max_size=12).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
+_LINE = st.one_of(
+    st.tuples(st.just("data"), _VALUE, st.booleans()),  # data: v, or data:v
+    st.tuples(st.just("comment"), _VALUE, st.just(False)),
+    st.tuples(st.sampled_from(["event", "id", "retry", "datum"]), _VALUE, st.just(False)),
+)
+_EVENTS = st.lists(st.lists(_LINE, max_size=4), max_size=8)
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> Stream:
+    """A stream of random events (LF, CRLF or CR line ends throughout, comments, other
+    fields, multi-line data, empty events), maybe ``[DONE]`` and more after it, maybe an
+    unfinished event at the end; with the events, ``done`` and ``pending`` it must give."""
+    eol = draw(st.sampled_from([b"\n", b"\r\n", b"\r"]))
+    events = draw(_EVENTS)
+    if draw(st.booleans()):
+        at = draw(st.integers(0, len(events)))
+        events = [*events[:at], [("data", b"[DONE]", True)], *events[at:]]
+    tail = draw(st.lists(_LINE, max_size=3))
+    out: list[bytes] = []
+    expected: list[bytes] = []
+    done = False
+
+    def lines_of(lines: list[tuple[str, bytes, bool]]) -> list[bytes]:
+        data: list[bytes] = []
+        for kind, value, space in lines:
+            if kind == "data":
+                out.append(b"data:" + (b" " if space else b"") + value + eol)
+                data.append(value if space or value[:1] != b" " else value[1:])
+            elif kind == "comment":
+                out.append(b":" + value + eol)
+            else:
+                out.append(kind.encode() + b": " + value + eol)
+        return data
+
+    for lines in events:
+        data = lines_of(lines)
+        out.append(eol)
+        if data and not done:
+            if b"\n".join(data) == b"[DONE]":
+                done = True
+            else:
+                expected.append(b"\n".join(data))
+    lines_of(tail)
+    return Stream(b"".join(out), expected, done, bool(tail) and not done)
+
+
+def decoded(stream: bytes, cuts: list[int]) -> tuple[list[bytes], bool, bool]:
+    bounds = [0, *sorted(cuts), len(stream)]
+    events, decoder = decode(*(stream[i:j] for i, j in pairwise(bounds)))
+    return events, decoder.done, decoder.pending
+
+
+@settings(max_examples=400, deadline=None)
+@given(stream=streams(), data=st.data())
+def test_any_split_of_a_stream_gives_the_events_of_the_whole(
+    stream: Stream, data: st.DataObject
+) -> None:
+    whole = decoded(stream.data, [])
+    assert whole == (stream.events, stream.done, stream.pending)
+    cuts = data.draw(st.lists(st.integers(0, len(stream.data)), max_size=len(stream.data) + 1))
+    assert decoded(stream.data, cuts) == whole
+    one_by_one = list(range(len(stream.data) + 1))
+    assert decoded(stream.data, one_by_one) == whole
+
+
+def test_the_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    from llm.perf import sse as bench
+
+    assert bench.main(["--sizes", "1", "2", "--piece", "65536"]) == 0
+    out = capsys.readouterr().out
+    assert "ratio 2 MiB / 1 MiB" in out and "(linear ~ 2, quadratic ~ 4)" in out

@@ -18,7 +18,8 @@ Which module does what:
 - ``readers``: the typed readers (string, number, integer, bool, URL, ...) and the error
   messages they raise.
 - ``redact``: showing a value without its secrets: a URL's ``user:password@`` (and query),
-  every quoted form of a route's ``api_key`` and header values.
+  every quoted form of a route's ``api_key`` and header values; where a URL's
+  ``user:password@`` ends (``split_userinfo``).
 """
 
 from __future__ import annotations

@@ -8,14 +8,27 @@ How this works
    file or a top level that is not a mapping each become one ``ConfigError``.
 2. **Unwrap** (``parse_config``). The data is ``{"llm": {...}}``, or the inner mapping itself
    (it has ``routes`` and no ``llm``).
-3. **Interpolate**. Every string value, at any depth, has ``${VAR}`` and ``${VAR:-default}``
+3. **Measure** (``_check_shape``). The data is measured as the tree it expands to: a value
+   reached twice (a YAML alias, a merge key, an object shared in a mapping given to
+   ``parse_config``) counts once per place it appears, each distinct object being measured once
+   (memoized by ``id``), so the measure is linear in the size of the file or data, not of its
+   expansion. More than ``MAX_VALUES`` (100,000) values in the expanded tree (every mapping,
+   list and scalar counts one; a fleet of 1,000 routes of 10 keys is about 10,000), nesting
+   deeper than ``MAX_DEPTH`` (100) levels, or a value that contains itself (``a: &a [*a]``, a
+   dict put inside itself) is one ``ConfigError`` naming the deepest key path found, before
+   anything walks the data as a tree: without it, a "billion laughs" file of a few hundred
+   bytes would take seconds and gigabytes to interpolate, and a cycle would recurse until
+   Python's ``RecursionError``. Files and data take this same path; a file nested too deeply
+   for PyYAML's own recursion is refused as well.
+4. **Interpolate**. Every string value, at any depth, has ``${VAR}`` and ``${VAR:-default}``
    replaced from ``environ`` (default ``os.environ``); ``:-`` uses the default when VAR is unset
    or empty, as in the shell. ``$${`` stands for a literal ``${``. This works on a copy: the
    caller's data is never changed.
-4. **Override**. ``VLLM_BASE_URL`` / ``VLLM_MODEL`` replace the default route's ``base_url`` /
-   ``model``; ``VLLM_API_KEY`` gives an ``api_key`` to every route that has none. Empty values
-   count as unset.
-5. **Validate and build** (``sections.build``). An error names its key path, and here also
+5. **Override**. ``VLLM_BASE_URL`` / ``VLLM_MODEL`` replace the default route's ``base_url`` /
+   ``model`` (a ``user:password@`` in ``VLLM_BASE_URL`` is read as in the file: it becomes an
+   ``Authorization: Basic`` header); ``VLLM_API_KEY`` gives an ``api_key`` to every route that
+   has none and no ``user:password@`` in its ``base_url``. Empty values count as unset.
+6. **Validate and build** (``sections.build``). An error names its key path, and here also
    the variable a value came from and the file.
 
 Import cost: PyYAML (and the YAML loader class) and the ``${VAR}`` pattern are loaded or built
@@ -33,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigError
 from .model import LLMConfig
 from .readers import check_keys, describe, fail, join, read_mapping
+from .redact import split_userinfo
 from .sections import build
 
 if TYPE_CHECKING:
@@ -41,6 +55,61 @@ if TYPE_CHECKING:
 DEFAULT_PATH = "config.yaml"
 
 _TOP_KEYS = ("llm",)
+
+MAX_VALUES = 100_000
+"""The most values (mappings, lists, scalars) the ``llm`` section may expand to."""
+MAX_DEPTH = 100
+"""The deepest nesting of mappings and lists the ``llm`` section may have."""
+
+
+# --------------------------------------------------------------------------- shape
+
+
+def _check_shape(data: Any, path: str) -> None:
+    """Refuse ``data`` when, expanded as a tree, it has more than ``MAX_VALUES`` values, is
+    nested deeper than ``MAX_DEPTH``, or contains itself. Linear in the distinct objects and
+    their items, however many times each is referred to."""
+    _measure(data, path, 0, {}, {})
+
+
+def _measure(
+    value: Any, path: str, depth: int, sizes: dict[int, int], open_paths: dict[int, str]
+) -> int:
+    """The number of values in ``value`` expanded as a tree. ``sizes`` memoizes finished
+    containers by id (all stay alive in the data, so no id is reused); ``open_paths`` holds
+    the containers being measured, the ancestors of ``value``, by id."""
+    if isinstance(value, Mapping):
+        items: Any = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return 1
+    ident = id(value)
+    known = sizes.get(ident)
+    if known is not None:
+        return known
+    if ident in open_paths:
+        fail(
+            path,
+            f"refers to itself: it is the value of {open_paths[ident]}, which contains it "
+            "(a YAML alias inside its own anchor?)",
+        )
+    if depth >= MAX_DEPTH:
+        fail(path, f"nested more than {MAX_DEPTH} levels deep")
+    is_mapping = isinstance(value, Mapping)
+    open_paths[ident] = path
+    total = 1
+    for key, item in items:
+        if isinstance(item, (Mapping, list, tuple)):
+            child = join(path, key) if is_mapping else f"{path}[{key}]"
+            total += _measure(item, child, depth + 1, sizes, open_paths)
+        else:
+            total += 1
+        if total > MAX_VALUES:
+            fail(path, f"expands to more than {MAX_VALUES} values (YAML aliases?)")
+    del open_paths[ident]
+    sizes[ident] = total
+    return total
 
 
 # --------------------------------------------------------------------------- interpolation
@@ -100,9 +169,13 @@ def _apply_env_overrides(raw: dict[Any, Any], environ: Mapping[str, str]) -> dic
     api_key = environ.get("VLLM_API_KEY")
     if api_key:
         for name, route in routes.items():
-            if isinstance(route, dict) and "api_key" not in route:
-                route["api_key"] = api_key
-                origins[f"llm.routes.{name}.api_key"] = "VLLM_API_KEY"
+            if not isinstance(route, dict) or "api_key" in route:
+                continue
+            url = route.get("base_url")
+            if isinstance(url, str) and split_userinfo(url.strip()):
+                continue  # the URL's user:password@ is its Authorization
+            route["api_key"] = api_key
+            origins[f"llm.routes.{name}.api_key"] = "VLLM_API_KEY"
     return origins
 
 
@@ -137,7 +210,9 @@ def parse_config(
     env: Mapping[str, str] = os.environ if environ is None else environ
     origins: dict[str, str] = {}
     try:
-        raw = _interpolate(_unwrap(data, source), "llm", env)
+        section = _unwrap(data, source)
+        _check_shape(section, "llm")
+        raw = _interpolate(section, "llm", env)
         origins = _apply_env_overrides(raw, env)
         return build(raw, source)
     except ConfigError as exc:
@@ -217,6 +292,10 @@ def _read_yaml(path: str) -> Any:
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}{context}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    except RecursionError:  # PyYAML composes nested nodes recursively
+        raise ConfigError(
+            f"{path}: invalid YAML: nested too deeply (at most {MAX_DEPTH} levels)"
+        ) from None
 
 
 def load_config(

@@ -7,7 +7,9 @@ How this works
 mappings (``routes``, ``params``, ``headers``) are read-only copies
 (``types.MappingProxyType``), rebuilt from plain dicts when pickled (``__reduce__``), since a
 mapping proxy does not pickle. Reprs show no secret: a route's ``api_key`` and ``headers`` are
-left out and a ``user:password@`` in its ``base_url`` is masked (``shown_url``).
+left out and a ``user:password@`` in its ``base_url`` is masked (``shown_url``; the config
+takes one out of the URL at load, into an ``Authorization: Basic`` header, but a
+``RouteConfig`` built by hand keeps its URL as given).
 
 ``serving`` says which routes serve a model: the pool rule, for the config
 (``LLMConfig.pool``) and the balancer (``Balancer.pool``) alike.

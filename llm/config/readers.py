@@ -9,6 +9,9 @@ path (``fail``, ``fail_expected``). A found value is shown as itself, shortened,
 secret key (``api_key``, ``headers``), by its type only (``describe``). An unknown key gets a
 did-you-mean hint (``check_keys``, ``did_you_mean``; difflib is imported on first use).
 
+A route's ``base_url`` (``read_base_url``) gives up its ``user:password@``, if any, as the
+value of an ``Authorization: Basic`` header; every URL is shown masked (``redact_url``).
+
 Numbers may be given as strings (``"30"``, as ``${VAR}`` produces) and booleans as
 ``"true"``/``"false"``; booleans are never numbers. A bound on a number or integer is said in
 the message (``a positive integer``, ``a number in (0, 1]``).
@@ -16,13 +19,14 @@ the message (``a positive integer``, ``a number in (0, 1]``).
 
 from __future__ import annotations
 
+import base64
 import math
 from collections.abc import Collection, Mapping
 from typing import Any, NoReturn
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from ..errors import ConfigError
-from .redact import redact_url
+from .redact import redact_url, split_userinfo
 
 _SECRET_KEYS = frozenset({"api_key", "headers"})
 
@@ -237,25 +241,71 @@ def read_choice(path: str, value: object, choices: Collection[str], what: str) -
     return value
 
 
-def read_url(path: str, value: object) -> str:
-    """An http(s) URL with a host; trailing slashes removed."""
-    expected = "an http:// or https:// URL with a host"
+_URL_EXPECTED = "an http:// or https:// URL with a host"
+
+
+def read_url(path: str, value: object, *, shown: str | None = None) -> str:
+    """An http(s) URL with a host; trailing slashes removed. A message shows ``shown`` (the URL
+    as written, masked, when ``value`` is what is left of it), else ``value`` masked."""
+    expected = _URL_EXPECTED
     text = read_string(path, value).strip()
+    shown = redact_url(text) if shown is None else shown
     if "://" not in text:
-        shown = redact_url(text)
         # Suggest a scheme only where adding one could give a URL (not for 'not a url').
         hint = "" if any(c.isspace() for c in text) else f"; did you mean 'http://{shown}'?"
         fail(path, f"expected {expected}, found {describe(shown)} (no scheme{hint})")
     parts = urlsplit(text)
     if parts.scheme.lower() not in ("http", "https"):
-        fail_expected(path, expected, redact_url(text))
+        fail_expected(path, expected, shown)
     try:
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
-        fail_expected(path, f"{expected} and a valid port", redact_url(text))
+        fail_expected(path, f"{expected} and a valid port", shown)
     if not parts.hostname or any(c.isspace() for c in text):
-        fail_expected(path, expected, redact_url(text))
+        fail_expected(path, expected, shown)
     return text.rstrip("/")
+
+
+def read_base_url(path: str, value: object) -> tuple[str, str | None]:
+    """A route's URL (``read_url``) without its ``user:password@``, and the ``Authorization``
+    value that userinfo stands for (``Basic base64(user:password)``, each part percent-decoded
+    first), or None when it has none. The userinfo ends at the last ``@`` whose remainder
+    parses as ``host[:port][/path]`` (``redact.split_userinfo``); a URL that the ordinary
+    reading (userinfo before the first ``/``) would split elsewhere is refused as ambiguous
+    rather than sent to a host the writer may not have meant."""
+    text = read_string(path, value).strip()
+    split = split_userinfo(text)
+    if split is None:
+        return read_url(path, text), None
+    url, userinfo = split
+    if _read_otherwise(text, userinfo):
+        fail(
+            path,
+            f"expected {_URL_EXPECTED}, found {describe(redact_url(text))}, whose '@' after "
+            "the host could end a user name and password or be part of the path (write an "
+            "'@' of the path, user name or password as %40, a '/' of a password as %2F)",
+        )
+    url = read_url(path, url, shown=redact_url(text))
+    user, _, password = userinfo.partition(":")
+    user, password = unquote(user), unquote(password)
+    if not user and not password:
+        return url, None
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return url, f"Basic {token}"
+
+
+def _read_otherwise(url: str, userinfo: str) -> bool:
+    """True when ``urlsplit`` (userinfo before the first ``/``) reads ``url`` as a valid host
+    and port with another userinfo than ``userinfo``, or none."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return False
+    if not parts.hostname:
+        return False
+    ordinary, at, _ = parts.netloc.rpartition("@")
+    return not at or ordinary != userinfo
 
 
 def read_json(path: str, value: object) -> Any:

@@ -2,8 +2,15 @@
 
 How this works
 --------------
-- ``redact_url``: a ``base_url`` with its ``user:password@`` masked (``RouteConfig.shown_url``,
-  config error messages).
+- ``split_userinfo``: a URL's ``user:password@`` and the URL without it. The userinfo ends at
+  the last ``@`` after ``://`` whose remainder parses as ``host[:port][/path]``, so a user name
+  with an ``@`` or a password with a ``/`` need no percent-encoding
+  (``http://us@er:p/ss@host:8000/v1``: ``us@er:p/ss``, ``http://host:8000/v1``). The config
+  turns it into an ``Authorization: Basic`` header at load (``readers.read_base_url``).
+- ``redact_url``: a URL with everything between ``://`` (or its start, when it has none) and
+  its last ``@`` masked (``RouteConfig.shown_url``, config error messages). That masks a
+  userinfo of any shape, whether or not the rest parses; a path holding an ``@`` is masked
+  too, which hides nothing secret but leaks nothing either.
 - ``without_credentials``: a URL a server sent (a redirect's ``Location``) fit for an error:
   no ``user:password@``, no query string, no fragment, any of which may carry a secret.
 - ``secret_forms`` and ``scrub``: a route's ``api_key`` and header values in every form a
@@ -12,12 +19,11 @@ How this works
   first, so that no secret is left half-replaced; forms shorter than 4 characters are left
   alone (masking them would garble the text and hide nothing).
 
-Pure string work: ``urllib.parse`` and ``re`` only, no HTTP client.
+Pure string work: ``urllib.parse`` only, no HTTP client.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
@@ -31,8 +37,49 @@ _SHORTEST_FORM = 4
 
 
 def redact_url(url: str) -> str:
-    """``url`` with any ``user:password@`` replaced, for messages."""
-    return re.sub(r"(?<=://)[^/@]*@", "***@", url)
+    """``url`` with everything between ``://`` (or its start) and its last ``@`` replaced by
+    ``***``, for messages: no ``user:password@`` is shown, however it is written."""
+    head, sep, rest = url.partition("://")
+    if not sep:
+        head, rest = "", url
+    at = rest.rfind("@")
+    if at < 0:
+        return url
+    return f"{head}{sep}{MASK}{rest[at:]}"
+
+
+def split_userinfo(url: str) -> tuple[str, str] | None:
+    """``(url without its userinfo, the userinfo as written)``, or None when ``url`` has none.
+
+    The userinfo is what precedes the last ``@`` after ``://`` whose remainder parses as
+    ``host[:port][/path]`` (a host, a valid port if any, no ``@`` before the path). One pass
+    over the URL, from its end: each ``@`` is tried with the host part that follows it."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return None
+    delimiter = len(rest)  # the first '/', '?' or '#' right of the position looked at
+    next_at = len(rest)  # the first '@' right of it
+    for index in range(len(rest) - 1, -1, -1):
+        char = rest[index]
+        if char in "/?#":
+            delimiter = index
+        elif char == "@":
+            if next_at >= delimiter and _is_host_port(scheme, rest[index + 1 : delimiter]):
+                return f"{scheme}{sep}{rest[index + 1 :]}", rest[:index]
+            next_at = index
+    return None
+
+
+def _is_host_port(scheme: str, authority: str) -> bool:
+    """``authority`` is ``host[:port]``: a host, and a port in range if there is one."""
+    if not authority:
+        return False
+    try:
+        parts = urlsplit(f"{scheme}://{authority}")
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return False
+    return bool(parts.hostname)
 
 
 def without_credentials(url: str) -> str:

@@ -7,7 +7,10 @@ How this works
 keys of each section (``LLM_KEYS``, ``ROUTE_KEYS``, ...; an unknown key is an error with a
 hint), the values checked and converted, the cross-checks (``backoff_max >=
 backoff_initial``, ``max_cooldown >= cooldown``, a fallback route other than the default),
-then the frozen dataclasses of ``model``. ``llm.params`` holds the control keys
+then the frozen dataclasses of ``model``. A route's ``base_url`` with a ``user:password@``
+gives it up as an ``Authorization: Basic`` header in the route's ``headers``, refused when
+the route also has an ``api_key`` (other than ``EMPTY``) or an Authorization header: both
+would be sent as Authorization. ``llm.params`` holds the control keys
 (``CONTROL_PARAMS``: timeouts, retries, the response cap) and the request-body defaults, each
 body key read by the reader of its kind, with its bounds, from the table of ``body_keys``
 (``BODY_READERS``); ``extra_body`` is merged into the body as it is. The first problem raises
@@ -37,6 +40,7 @@ from .readers import (
     fail_expected,
     fmt_number,
     join,
+    read_base_url,
     read_bool,
     read_choice,
     read_integer,
@@ -50,7 +54,6 @@ from .readers import (
     read_typed_list,
     read_typed_mapping,
     read_typed_string,
-    read_url,
 )
 
 # --------------------------------------------------------------------------- schema
@@ -185,25 +188,52 @@ def _verify(path: str, value: object) -> bool | str:
     fail_expected(path, "true, false or the path of a CA bundle", value)
 
 
+def _check_one_authorization(path: str, api_key: str, headers: Mapping[str, str]) -> None:
+    """A base_url's ``user:password@`` is sent as ``Authorization: Basic``; an ``api_key`` or
+    an Authorization of ``headers`` would be sent as Authorization too. Refuse, naming each by
+    type only."""
+    other = ""
+    if api_key != "EMPTY":
+        other = "an api_key (sent as 'Authorization: Bearer ...')"
+    elif any(header.lower() == "authorization" for header in headers):
+        other = "an Authorization header in headers"
+    if other:
+        fail(
+            path,
+            "found a URL with a user name and password (sent as 'Authorization: Basic ...') "
+            f"and the route also has {other}: both would be sent as Authorization; keep one",
+        )
+
+
 def _route(path: str, name: str, value: object, default_timeout: float) -> RouteConfig:
     raw = read_mapping(path, value)
     check_keys(path, raw, ROUTE_KEYS, _ROUTE_NOTES)
     for key, expected in (("base_url", "an http:// or https:// URL"), ("model", "a model name")):
         if key not in raw:
             fail(join(path, key), f"missing required key (expected {expected})")
+    url_path = join(path, "base_url")
+    base_url, authorization = read_base_url(url_path, raw["base_url"])
+    model = read_string(join(path, "model"), raw["model"])
+    timeout = read_number(
+        join(path, "timeout"), raw.get("timeout", default_timeout), minimum=0, exclusive=True
+    )
+    api_key = _header_value(
+        join(path, "api_key"),
+        read_string(join(path, "api_key"), raw.get("api_key", "EMPTY"), secret=True),
+    )
+    weight = read_number(join(path, "weight"), raw.get("weight", 1.0), minimum=0, exclusive=True)
+    headers = _headers(join(path, "headers"), raw.get("headers"))
+    if authorization is not None:
+        _check_one_authorization(url_path, api_key, headers)
+        headers["Authorization"] = authorization
     return RouteConfig(
         name=name,
-        base_url=read_url(join(path, "base_url"), raw["base_url"]),
-        model=read_string(join(path, "model"), raw["model"]),
-        timeout=read_number(
-            join(path, "timeout"), raw.get("timeout", default_timeout), minimum=0, exclusive=True
-        ),
-        api_key=_header_value(
-            join(path, "api_key"),
-            read_string(join(path, "api_key"), raw.get("api_key", "EMPTY"), secret=True),
-        ),
-        weight=read_number(join(path, "weight"), raw.get("weight", 1.0), minimum=0, exclusive=True),
-        headers=MappingProxyType(_headers(join(path, "headers"), raw.get("headers"))),
+        base_url=base_url,
+        model=model,
+        timeout=timeout,
+        api_key=api_key,
+        weight=weight,
+        headers=MappingProxyType(headers),
         send_model=read_bool(join(path, "send_model"), raw.get("send_model", True)),
         verify=_verify(join(path, "verify"), raw.get("verify", True)),
     )
