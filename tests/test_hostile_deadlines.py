@@ -25,6 +25,7 @@ from raw_server import RawRequest, RawServer, chat_chunk, response_head
 
 from llm import VLLMOpenAIProvider, parse_config
 from llm.errors import AllRoutesFailedError
+from llm.probes.check import CheckSettings
 from llm.probes.checker import ActiveChecker
 from llm.testing import FakeVLLM
 
@@ -272,8 +273,7 @@ def test_the_background_checker_ends_its_round_by_the_timeout_and_ejects_a_dead_
             provider.balancer,
             provider._engine.sender,
             interval=60,
-            timeout=0.5,
-            limit=4096,
+            settings=CheckSettings(0.5, 4096, provider.balancer.redact),
         )
         try:
             started = time.monotonic()

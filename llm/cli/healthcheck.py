@@ -41,7 +41,7 @@ from datetime import datetime, timezone
 from typing import Any, TextIO
 
 from ..config import LLMConfig, load_config
-from ..config.redact import scrub, secret_forms
+from ..config.redact import Redactor
 from ..errors import ConfigError
 from ..factory import LLMFactory
 from ..probes.check import RouteCheck
@@ -112,12 +112,12 @@ def run_checks(
         checks = provider.health_checks(timeout)
     finally:
         provider.close()
-    secrets = secret_forms(config.routes.values())
+    redact = Redactor(config.routes.values())  # the provider's checks are masked already
     clean = tuple(
         dataclasses.replace(
             check,
-            base_url=scrub(check.base_url, secrets),  # a password is masked already
-            error=None if check.error is None else scrub(check.error, secrets),
+            base_url=redact.text(check.base_url),
+            error=None if check.error is None else redact.text(check.error),
         )
         for check in checks
     )

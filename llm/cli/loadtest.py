@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..config import LLMConfig, RouteConfig, load_config, parse_config
+from ..config.redact import Redactor
 from ..errors import AllRoutesFailedError, Attempt, ConfigError, LLMError, RouteError
 from ..probes._sync.look import check_route
+from ..probes.check import CheckSettings
 from ..providers.vllm_openai import VLLMOpenAIProvider
 from ..results import ChatResult, StreamEvent
 from ..send.httpcore_sender import HttpcoreSender
@@ -88,7 +90,8 @@ def _served_model(base_url: str) -> str:
     probe = RouteConfig(name="vllm", base_url=base_url.rstrip("/"), model="")
     sender = HttpcoreSender()
     try:
-        check = check_route(sender, probe, timeout=10.0, limit=_MODELS_LIST_LIMIT)
+        settings = CheckSettings(10.0, _MODELS_LIST_LIMIT, Redactor([probe]))
+        check = check_route(sender, probe, settings)
     finally:
         sender.close()
     if not check.models:

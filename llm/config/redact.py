@@ -13,9 +13,11 @@ How this works
   too, which hides nothing secret but leaks nothing either.
 - ``without_credentials``: a URL a server sent (a redirect's ``Location``) fit for an error:
   no ``user:password@``, no query string, no fragment, any of which may carry a secret.
-- ``secret_forms`` and ``scrub``: a route's ``api_key`` and header values in every form a
-  library's message may quote them (as is, stripped, escaped as in the repr of a str or of
-  bytes), and a text with each of those forms replaced by ``***``. Forms are tried longest
+- ``secret_forms`` and ``scrub``: a route's ``api_key`` and header values (and a Basic
+  credential's user:password) in every form a library's message may quote them (as is,
+  stripped, escaped as in the repr of a str or of bytes), and a text with each of those forms
+  replaced by ``***``. ``Redactor`` holds the forms of a whole config: the balancer's masks
+  every error it records, the probes' every check. Forms are tried longest
   first, so that no secret is left half-replaced; forms shorter than 4 characters are left
   alone (masking them would garble the text and hide nothing).
 
@@ -24,12 +26,15 @@ Pure string work: ``urllib.parse`` only, no HTTP client.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 if TYPE_CHECKING:
     from .model import RouteConfig
+
+E = TypeVar("E", bound=BaseException)
 
 MASK = "***"
 _NOT_SECRET = frozenset({"", "EMPTY"})  # api_key values that stand for "no key"
@@ -104,7 +109,9 @@ def secret_forms(routes: Iterable[RouteConfig]) -> list[str]:
     for route in routes:
         if route.api_key not in _NOT_SECRET:
             values.append(route.api_key)
-        values.extend(route.headers.values())
+        for value in route.headers.values():
+            values.append(value)
+            values.extend(_basic_credentials(value))
     forms: set[str] = set()
     for value in values:
         escaped_bytes = repr(value.encode("utf-8", "replace"))[2:-1]
@@ -112,8 +119,45 @@ def secret_forms(routes: Iterable[RouteConfig]) -> list[str]:
     return sorted((form for form in forms if len(form) >= _SHORTEST_FORM), key=len, reverse=True)
 
 
+def _basic_credentials(value: str) -> list[str]:
+    """``user:password`` and the password of a ``Basic`` credential (a base_url's userinfo
+    becomes one at load): a server may echo them decoded."""
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "basic" or not token:
+        return []
+    try:
+        decoded = base64.b64decode(token, validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return []
+    return [decoded, decoded.partition(":")[2]]
+
+
 def scrub(text: str, forms: Iterable[str]) -> str:
     """``text`` with each of ``forms`` (from ``secret_forms``) replaced by ``***``."""
     for form in forms:
         text = text.replace(form, MASK)
     return text
+
+
+class Redactor:
+    """Every form of every secret of a set of routes, and the one way texts are masked with
+    them: every text that leaves the library through an error, a log line, ``stats()`` or a
+    report passes ``text`` (or ``error``, which masks an error's texts in place)."""
+
+    __slots__ = ("forms",)
+
+    def __init__(self, routes: Iterable[RouteConfig]) -> None:
+        self.forms = tuple(secret_forms(routes))
+
+    def text(self, text: str) -> str:
+        return scrub(text, self.forms) if self.forms else text
+
+    def error(self, error: E) -> E:
+        """``error`` with its message (and a status error's server message and body) masked."""
+        if self.forms:
+            error.args = tuple(self.text(a) if isinstance(a, str) else a for a in error.args)
+            for name in ("server_message", "body"):
+                value = getattr(error, name, None)
+                if isinstance(value, str):
+                    setattr(error, name, self.text(value))
+        return error

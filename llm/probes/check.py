@@ -4,7 +4,7 @@ A check is a look, not traffic: it does not move a route's health by itself (a s
 answer /health while its model fails); the background checker tells the balancer what it saw.
 A check never raises: every failure becomes a short ``error`` text ("connection refused", "no
 answer within 2s", "/health answered HTTP 503", "model 'x' not served (serves: y)", ...),
-with every form of the route's secrets masked in it.
+with every form of every secret of the config masked in it (``CheckSettings.redact``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..config import RouteConfig
-from ..config.redact import scrub, secret_forms
+from ..config.redact import Redactor
 from ..judge.parse import parse_json
 from ..send.failures import describe_failure
 
@@ -31,6 +31,16 @@ CAP = "the check's size cap"
 def check_limit(max_response_bytes: int) -> int:
     """How much of a /health or /v1/models answer a check reads at most."""
     return min(max_response_bytes, CHECK_LIMIT)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckSettings:
+    """How a look at a route is made: each request's ``timeout``, the ``limit`` of an
+    answer's bytes, and the ``redact`` that masks every secret of the config in its text."""
+
+    timeout: float
+    limit: int
+    redact: Redactor
 
 
 @dataclass(slots=True)
@@ -113,10 +123,7 @@ def judge_check(
     check.healthy = True
 
 
-def failed_check(
-    check: RouteCheck, exc: BaseException, timeout: float, step: str, route: RouteConfig
-) -> RouteCheck:
-    """``check`` failed at ``step`` with ``exc``: the reason, without the route's secrets."""
-    reason = scrub(describe_failure(exc, timeout), secret_forms([route]))
+def failed_check(check: RouteCheck, exc: BaseException, timeout: float, step: str) -> None:
+    """``check`` failed at ``step`` with ``exc``: say why (masked later, with every text)."""
+    reason = describe_failure(exc, timeout)
     check.error = reason if step == "/health" else f"{step}: {reason}"
-    return check

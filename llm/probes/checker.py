@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from ..config import RouteConfig
 from ..routing.balancer import Balancer
 from ..send.protocols import SyncSender
+from .check import CheckSettings
 from .run import check_routes
 
 
@@ -25,15 +26,13 @@ class ActiveChecker:
         balancer: Balancer,
         sender: SyncSender,
         interval: float,
-        timeout: float,
-        limit: int,
+        settings: CheckSettings,
     ) -> None:
         self.routes = list(routes)
         self.balancer = balancer
         self.sender = sender
         self.interval = interval
-        self.timeout = timeout
-        self.limit = limit
+        self.settings = settings
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="llm-routes-checker", daemon=True)
 
@@ -41,7 +40,7 @@ class ActiveChecker:
         """A checker like this one, running (in a forked child, where this one's thread
         does not exist)."""
         return ActiveChecker(
-            self.routes, self.balancer, self.sender, self.interval, self.timeout, self.limit
+            self.routes, self.balancer, self.sender, self.interval, self.settings
         ).start()
 
     def start(self) -> ActiveChecker:
@@ -49,7 +48,7 @@ class ActiveChecker:
         return self
 
     def run_once(self) -> None:
-        for check in check_routes(self.routes, self.sender, self.timeout, self.limit):
+        for check in check_routes(self.routes, self.sender, self.settings):
             self.balancer.observe_check(check.route, check.healthy, check.error)
 
     def _run(self) -> None:
@@ -59,4 +58,4 @@ class ActiveChecker:
     def stop(self) -> None:
         self._stopping.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=self.timeout * 2 + 1.0)
+            self._thread.join(timeout=self.settings.timeout * 2 + 1.0)

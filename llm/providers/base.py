@@ -21,7 +21,7 @@ import httpx
 
 from ..config import LLMConfig, RouteConfig
 from ..errors import AllRoutesFailedError, Attempt
-from ..probes.check import RouteCheck, check_limit
+from ..probes.check import CheckSettings, RouteCheck, check_limit
 from ..probes.checker import ActiveChecker
 from ..routing.balancer import Balancer
 from ..send._async.engine import AsyncEngine
@@ -87,8 +87,7 @@ class ProviderBase:
                 self.balancer,
                 self._engine.sender,
                 config.health.check_interval,
-                self._check_timeout(),
-                self._check_limit,
+                self._check_settings(),
             ).start()
         fork.track(self)
 
@@ -117,8 +116,10 @@ class ProviderBase:
         if self._checker is not None and not self._life.closed:
             self._checker = self._checker.restarted()
 
-    def _check_timeout(self, timeout: float | None = None) -> float:
-        return timeout or min(_CHECK_TIMEOUT_MAX, self.config.timeout)
+    def _check_settings(self, timeout: float | None = None) -> CheckSettings:
+        """How a look at a route is made: ``timeout`` (else at most 5 s) per request."""
+        seconds = timeout or min(_CHECK_TIMEOUT_MAX, self.config.timeout)
+        return CheckSettings(seconds, self._check_limit, self.balancer.redact)
 
     def _all_routes(self) -> list[RouteConfig]:
         return list(self.config.routes.values())

@@ -34,6 +34,7 @@ from typing import Any
 
 from ..config import HealthConfig, RouteConfig
 from ..config.model import serving
+from ..config.redact import Redactor
 from .events import HealthChange, HealthListener
 from .health import RouteHealth
 from .policies import POLICIES, LeastLatency, Policy, RoundRobin
@@ -66,6 +67,8 @@ class Balancer:
         self.stall_factor = self.health_config.stall_factor
         self.stall_min = self.health_config.stall_min
         self.routes: dict[str, RouteState] = {}
+        routes = list(routes)
+        self.redact = Redactor(routes)  # every error text it records or reports is masked
         for config in routes:
             health_state = RouteHealth(self.health_config.cooldown, self.health_config.max_cooldown)
             self.routes[config.name] = RouteState(config, health_state)
@@ -281,12 +284,13 @@ class Balancer:
                 return
             if not health.healthy:
                 return
-            route.last_error = f"active check: {reason}"
+            route.last_error = self.redact.text(f"active check: {reason}")
             # a failed check counts as a request dispatched now, after any earlier ejection
             health.on_failure(max(now, health.ejected_at), now, self.rng)
             until = health.ejected_until - now
         if self.on_health is not None:
-            self.on_health(HealthChange("ejected", name, reason, until, by_check=True))
+            shown = None if reason is None else self.redact.text(reason)
+            self.on_health(HealthChange("ejected", name, shown, until, by_check=True))
 
     def fork_reset(self) -> None:
         """In a forked child: a fresh lock (another thread of the parent may have held it),

@@ -214,10 +214,12 @@ class CallPlan:
         retry_after: float | None = None,
         loud: bool = False,
     ) -> None:
-        """A failure that is the route's fault: eject it and remember why."""
+        """A failure that is the route's fault: eject it and remember why (its texts masked
+        of every secret of the config, in place, before anything keeps or shows them)."""
         if not self.attempt_open:
             return
         self.attempt_open = False
+        self.balancer.redact.error(error)
         reason = _short(error) or type(error).__name__
         self.balancer.failed(route, started_at, reason, retry_after, loud)
         self._record(route, started_at, outcome, status_code, error)
@@ -234,6 +236,8 @@ class CallPlan:
         if not self.attempt_open:
             return
         self.attempt_open = False
+        if error is not None:
+            self.balancer.redact.error(error)
         self.balancer.finished(route, started_at)
         self._record(route, started_at, outcome, status_code, error)
 

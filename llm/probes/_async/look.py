@@ -3,7 +3,8 @@
 Both requests carry what calls carry (the route's key and headers: a proxy in front of vLLM
 may want them) and go through the provider's own sender. Each, from connecting to its last
 byte, is held to ``timeout`` (``sender.bounded``) and ``limit`` bytes (``read_body``); any
-failure becomes the check's ``error`` (``check.failed_check``), never an exception. Written
+failure becomes the check's ``error`` (``check.failed_check``), never an exception, and the
+``error`` is masked of every secret of the config. Written
 once, for async; ``scripts/unasync.py`` writes the sync twin from it.
 """
 
@@ -15,13 +16,22 @@ from ...call.headers import route_headers
 from ...config import RouteConfig
 from ...send._async.read import read_body
 from ...send.protocols import AsyncSender, Request
-from ..check import CAP, RouteCheck, elapsed_ms, failed_check, judge_check, new_check
+from ..check import (
+    CAP,
+    CheckSettings,
+    RouteCheck,
+    elapsed_ms,
+    failed_check,
+    judge_check,
+    new_check,
+)
 
 
 async def acheck_route(
-    sender: AsyncSender, route: RouteConfig, timeout: float, limit: int
+    sender: AsyncSender, route: RouteConfig, settings: CheckSettings
 ) -> RouteCheck:
     check = new_check(route)
+    timeout, limit = settings.timeout, settings.limit
     headers = route_headers(route)
     times = (timeout, timeout, timeout)  # the whole request, connecting, each read
     clock = time.perf_counter
@@ -48,9 +58,13 @@ async def acheck_route(
             finally:
                 await models.aclose()
         check.models_ms = elapsed_ms(models_started)
+        check.latency_ms = elapsed_ms(started)
+        content_type = models.headers.get("content-type")
+        judge_check(check, health.status_code, models.status_code, body, content_type)
     except Exception as exc:  # noqa: BLE001 - a check reports every failure, never raises
-        return failed_check(check, exc, timeout, step, route)
-    check.latency_ms = elapsed_ms(started)
-    content_type = models.headers.get("content-type")
-    judge_check(check, health.status_code, models.status_code, body, content_type)
+        failed_check(check, exc, timeout, step)
+    redact = settings.redact  # a server's or a library's words: masked
+    if check.error is not None:
+        check.error = redact.text(check.error)
+    check.models = [redact.text(model) for model in check.models]
     return check

@@ -73,10 +73,7 @@ class AsyncAPI(ProviderBase):
         """True when some route of the default pool (or the fallback) passes a live check."""
         self._open()
         checks = await acheck_routes(
-            self._default_routes(),
-            self._aengine.sender,
-            self._check_timeout(),
-            self._check_limit,
+            self._default_routes(), self._aengine.sender, self._check_settings()
         )
         return any(check.healthy for check in checks)
 
@@ -84,10 +81,7 @@ class AsyncAPI(ProviderBase):
         """A live check (/health, /v1/models) of every route, in config order."""
         self._open()
         return await acheck_routes(
-            self._all_routes(),
-            self._aengine.sender,
-            self._check_timeout(timeout),
-            self._check_limit,
+            self._all_routes(), self._aengine.sender, self._check_settings(timeout)
         )
 
     async def ahealth(self, timeout: float | None = None) -> dict[str, dict[str, Any]]:

@@ -75,10 +75,7 @@ class SyncAPI(ProviderBase):
         """True when some route of the default pool (or the fallback) passes a live check."""
         self._open()
         checks = check_routes(
-            self._default_routes(),
-            self._engine.sender,
-            self._check_timeout(),
-            self._check_limit,
+            self._default_routes(), self._engine.sender, self._check_settings()
         )
         return any(check.healthy for check in checks)
 
@@ -86,10 +83,7 @@ class SyncAPI(ProviderBase):
         """A live check (/health, /v1/models) of every route, in config order."""
         self._open()
         return check_routes(
-            self._all_routes(),
-            self._engine.sender,
-            self._check_timeout(timeout),
-            self._check_limit,
+            self._all_routes(), self._engine.sender, self._check_settings(timeout)
         )
 
     def health(self, timeout: float | None = None) -> dict[str, dict[str, Any]]:

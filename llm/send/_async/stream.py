@@ -156,7 +156,7 @@ class AsyncStream:
         )
         await self._fail(error, "stream_cut")
         error.attempts = tuple(self.attempts)
-        raise error from cause
+        raise error from None  # the cause's words are in the message, masked with it
 
     def _succeed(self) -> None:
         latency = self._clock() - self._started
