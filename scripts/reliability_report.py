@@ -72,6 +72,45 @@ in flight (all 64 before stall avoidance). Each waited one attempt timeout and t
 over, within its deadline. With real answers taking seconds, far fewer calls reach a hung
 instance in its first quiet second.
 
+## Hostile peers and the provider's own life
+
+The rows above run at load; these classes run against small raw servers of the tests' own
+(`tests/raw_server.py`), each sync, async and streamed, each case failing on the code before
+they were handled (bda1934) and passing now:
+
+- **Answers the protocol does not allow** (`tests/test_hostile_answers.py`): a 200 whose
+  `choices` is `[null]`, `[1]` or a string, a `message` that is a string, `tool_calls: 5`, a
+  stream chunk whose `choices` or `delta` is a string, JSON nested 100,000 deep (in a 200, a
+  500 or a stream event). Every answer and event is checked by shape (`llm/judge/shapes.py`)
+  and read by one JSON reader that turns too deep a nesting into bad JSON
+  (`llm/judge/parse.py`): the route is ejected, the call fails over, and a probing route is
+  ejected again rather than stuck. Whatever is raised and wherever, an attempt is reported
+  once: `tests/test_bookkeeping.py` drives 12 kinds of exception through 9 stages of an
+  attempt, healthy and on trial, and finds no in-flight count or trial slot left behind.
+- **One deadline** (`tests/test_hostile_deadlines.py`): `102 Processing` forever, headers
+  trickled a byte at a time, a trickled body, a stream that never sends a token. Every call
+  ends by its 1.5 s deadline (plus a margin for the machine), or moves to the healthy route
+  after the bad one's 1 s timeout. A stream that starts late in its deadline keeps its route's
+  own timeout between tokens. Health checks, the background checker and `llm-healthcheck
+  --timeout 1` end by their timeout; an endless `/health` is cut at a 4 MiB cap.
+- **Closing and forking** (`tests/test_hostile_lifecycle.py`): `close()`/`aclose()` wait up to
+  their timeout for calls in flight (sync calls in other threads included) and end the rest
+  with `ProviderClosedError`, ejecting no route; calls after it raise at once and open
+  nothing. After `os.fork()`, 10 of 10 answers of parent and child were their own, sync and
+  async (on bda1934 they shared keep-alive sockets); the child's background checker runs.
+- **Compression** (`tests/test_hostile_decoding.py`): a 980-byte `gzip, gzip` answer that
+  inflates to 512 MiB is refused at the size cap holding 1.4 MiB at its peak on the sync path
+  (1,070 MiB before). One unterminated 16 MiB stream event costs 0.03 s of CPU to decode
+  (42 s before; `python -m llm.perf.sse`).
+- **Secrets** (`tests/test_hostile_secrets.py`): a 401, 403 or 500 quoting the key, a header
+  value or a URL's password, a 2xx or a stream event quoting them, a model list echoing a key:
+  errors, tracebacks, `stats()`, log lines, checks and the healthcheck command's output show
+  `***`. A `user:password@` in a `base_url` is sent as `Authorization: Basic` on both paths
+  (`tests/test_url_credentials.py`).
+- **Config** (`tests/test_config_shape.py`): a 345-byte YAML "billion laughs" is refused in
+  0.15 s with a message naming its key (41 s and about 1 GB before); a self-referencing alias
+  or a cyclic mapping is refused too.
+
 The other parts of the reliability proof are tests that run in CI:
 `tests/test_properties.py` (hypothesis: the health state machine and the balancer under any
 sequence of events, and 64 threads on one balancer), `tests/test_bad_input.py` (every malformed

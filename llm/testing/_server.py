@@ -45,10 +45,33 @@ from typing import Any, Literal
 from llm.testing import _vllm as V
 from llm.testing._http import HttpConnection, Request
 
-GarbageKind = Literal["malformed_json", "truncated", "html", "empty", "wrong_content_type"]
+GarbageKind = Literal[
+    "malformed_json",
+    "truncated",
+    "html",
+    "empty",
+    "wrong_content_type",
+    "malformed_shape",
+    "malformed_chunk",
+    "deep_json",
+    "processing_forever",
+    "trickled_headers",
+]
 GARBAGE_KINDS: frozenset[str] = frozenset(
-    {"malformed_json", "truncated", "html", "empty", "wrong_content_type"}
+    {
+        "malformed_json",
+        "truncated",
+        "html",
+        "empty",
+        "wrong_content_type",
+        "malformed_shape",  # a 200 whose choices are [null]
+        "malformed_chunk",  # an event stream whose second chunk has choices "abc"
+        "deep_json",  # a 200 of JSON nested 100,000 deep
+        "processing_forever",  # "102 Processing" every 50 ms, never an answer
+        "trickled_headers",  # a status line, then a header a byte every 50 ms, forever
+    }
 )
+_TRICKLE = 0.05  # seconds between two bytes (or interim answers) of a trickling fault
 
 _SSE = "text/event-stream; charset=utf-8"
 _JSON = "application/json"
@@ -329,8 +352,7 @@ class _Core:
             conn.send(status, body, _JSON, extra)
             return None
         if d.action == "garbage":
-            self._garbage(conn, d.garbage or "")
-            return None
+            return self._garbage(conn, d.garbage or "")
         if not _is_json_ct(req):
             _send_err(conn, V.unsupported_media_type(style))
             return None
@@ -376,8 +398,20 @@ class _Core:
         paced = [p for _, p in events]
         return self._stream(conn, frames, paced, d)
 
-    def _garbage(self, conn: HttpConnection, kind: str) -> None:
-        if kind == "malformed_json":
+    def _garbage(self, conn: HttpConnection, kind: str) -> Coroutine[Any, Any, None] | None:
+        if kind in ("processing_forever", "trickled_headers"):
+            return self._trickle(conn, kind)
+        if kind == "malformed_shape":
+            conn.send(200, b'{"id":"x","object":"chat.completion","created":0,"choices":[null]}')
+        elif kind == "deep_json":
+            conn.send(200, b"[" * 100_000 + b"]" * 100_000)
+        elif kind == "malformed_chunk":
+            conn.start_stream(200, _SSE)
+            role = b'{"id":"x","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}'
+            conn.send_chunk(b"data: " + role + b"\n\n")
+            conn.send_chunk(b'data: {"id":"x","choices":"abc"}\n\n')
+            conn.end_stream()
+        elif kind == "malformed_json":
             conn.send(200, b'{"id": "x", "choices": [')
         elif kind == "truncated":
             full = (
@@ -400,6 +434,22 @@ class _Core:
             conn.send(200, b"", _JSON)
         else:  # wrong_content_type
             conn.send(200, b"hello", "text/plain; charset=utf-8")
+        return None
+
+    async def _trickle(self, conn: HttpConnection, kind: str) -> None:
+        """Never an answer: interim ``102 Processing`` answers, or headers a byte at a time,
+        until the client goes away (the connection then cancels this task)."""
+        self.running += 1
+        try:
+            piece = b"HTTP/1.1 102 Processing\r\n\r\n"
+            if kind == "trickled_headers":
+                conn.send_raw(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-slow: ")
+                piece = b"a"
+            while not conn.closing:
+                conn.send_raw(piece)
+                await asyncio.sleep(_TRICKLE)
+        finally:
+            self.running -= 1
 
     async def _hang_forever(self) -> None:
         self.running += 1
