@@ -13,7 +13,7 @@ from typing import Any
 
 _SNIPPET = 80  # bytes of a broken body quoted in a problem text
 
-_loads = json.loads
+loads = json.loads  # raw: RecursionError for deep nesting (parse_json turns it into ValueError)
 
 
 class NestedTooDeeply(ValueError):
@@ -23,7 +23,7 @@ class NestedTooDeeply(ValueError):
 def parse_json(data: bytes | str) -> Any:
     """Decoded JSON from the network; ``ValueError`` for anything that is not usable JSON."""
     try:
-        return _loads(data)
+        return loads(data)
     except RecursionError:
         raise NestedTooDeeply("JSON nested too deeply to read") from None
 

@@ -75,9 +75,10 @@ def answer_problem(data: Mapping[str, Any], kind: AnswerKind) -> str | None:
 
 
 def chunk_problem(event: Mapping[str, Any], kind: AnswerKind | None) -> str | None:
-    """What is wrong with a decoded stream chunk, or None (no ``choices`` reads as none)."""
-    choices = event.get("choices", [])
-    if type(choices) is not list:
+    """What is wrong with a decoded stream chunk, or None (no ``choices`` reads as none).
+    Every event of every stream comes here: the common chunk takes a few type checks."""
+    choices = event.get("choices", ())
+    if type(choices) is not list and choices != ():
         return _wrong("choices", choices, "a list")
     for position, choice in enumerate(choices):
         if type(choice) is not dict:
@@ -89,9 +90,16 @@ def chunk_problem(event: Mapping[str, Any], kind: AnswerKind | None) -> str | No
         if delta is not None:
             if type(delta) is not dict:
                 return _wrong(f"choices[{position}].delta", delta, "an object")
-            problem = _message_problem(delta, f"choices[{position}].delta", True)
-            if problem is not None:
-                return problem
+            for name, value in delta.items():
+                if value is None or type(value) is str:
+                    continue
+                where = f"choices[{position}].delta.{name}"
+                if name == "tool_calls":
+                    problem = _tool_calls_problem(value, where, True)
+                    if problem is not None:
+                        return problem
+                elif name in _TEXT_FIELDS:
+                    return _wrong(where, value, "a string")
         elif kind != "chat":
             text = choice.get("text")
             if text is not None and type(text) is not str:
@@ -120,10 +128,14 @@ def _message_problem(message: dict[str, Any], where: str, fragment: bool) -> str
     calls = message.get("tool_calls")
     if calls is None:
         return None
+    return _tool_calls_problem(calls, f"{where}.tool_calls", fragment)
+
+
+def _tool_calls_problem(calls: Any, where: str, fragment: bool) -> str | None:
     if type(calls) is not list:
-        return _wrong(f"{where}.tool_calls", calls, "a list")
+        return _wrong(where, calls, "a list")
     for position, call in enumerate(calls):
-        problem = _tool_call_problem(call, f"{where}.tool_calls[{position}]", fragment)
+        problem = _tool_call_problem(call, f"{where}[{position}]", fragment)
         if problem is not None:
             return problem
     return None

@@ -80,6 +80,11 @@ class SSEDecoder:
                 break
             block = chunk[start:end]
             start = end + 2
+            if block[:6] == b"data: " and b"\n" not in block:  # vLLM's shape, at once
+                data = block[6:]
+                if data != _DONE:
+                    events.append(data)
+                    continue
             if self._dispatch(block, events):
                 return events
         if start < len(chunk):

@@ -21,7 +21,7 @@ from ..call.spec import AnswerKind
 from ..errors import InvalidResponseError
 from .answers import oversized
 from .error_body import error_in
-from .parse import NestedTooDeeply, parse_json, snippet
+from .parse import loads, snippet
 from .shapes import chunk_problem
 from .sse import OversizedEventError, SSEDecoder
 
@@ -42,12 +42,13 @@ def events_of(
         payloads = decoder.feed(chunk)
     except OversizedEventError as exc:
         raise oversized(route, exc.limit, "stream event") from None
-    events = []
+    events: list[dict[str, Any]] = []
     for data in payloads:
         try:
-            event = parse_json(data)
-        except NestedTooDeeply as exc:
-            raise InvalidResponseError(f"stream event: {exc}", route=route) from None
+            event = loads(data)  # parse_json without a call more: every event comes here
+        except RecursionError:
+            deep = "stream event: JSON nested too deeply to read"
+            raise InvalidResponseError(deep, route=route) from None
         except ValueError:
             raise InvalidResponseError(
                 f"stream event is not JSON: {snippet(data)!r}", route=route
