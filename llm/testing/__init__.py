@@ -11,5 +11,6 @@ in ``llm.testing._server`` (lifecycle, routing, faults), ``llm.testing._http``
 """
 
 from llm.testing._server import FakeVLLM, RecordedRequest, start_fleet
+from llm.testing.fleet import BatchingSpec as BatchingSpec
 
 __all__ = ["FakeVLLM", "RecordedRequest", "start_fleet"]

@@ -9,6 +9,9 @@ the application (``App.handle``), which either answers synchronously (the fast
 path: the whole response goes out in one ``transport.write``) or returns a
 coroutine; the connection then runs it as a task and stops parsing further
 (pipelined) requests until it finishes, so responses are never interleaved.
+A third way needs no task: the application calls :meth:`HttpConnection.hold`
+(parsing stops; a callback runs if the peer goes away first) and answers later
+from elsewhere on the loop, then calls :meth:`HttpConnection.release`.
 
 Keep-alive follows HTTP/1.1 rules (``Connection: close`` / HTTP/1.0). When the
 peer goes away, the in-flight task is cancelled. Write flow control is exposed
@@ -24,7 +27,7 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any, Protocol
@@ -137,6 +140,7 @@ class HttpConnection(asyncio.Protocol):
         self._paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._processing = False
+        self._held: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
@@ -153,7 +157,7 @@ class HttpConnection(asyncio.Protocol):
         if self._idle_handle is not None:
             self._idle_handle.cancel()
             self._idle_handle = None
-        if self.task is None and not self._processing:
+        if self.task is None and self._held is None and not self._processing:
             self._process()
 
     def eof_received(self) -> bool | None:
@@ -168,6 +172,9 @@ class HttpConnection(asyncio.Protocol):
         task = self.task
         if task is not None and not task.done():
             task.cancel()
+        held, self._held = self._held, None
+        if held is not None:
+            held()
         self._wake_drainers()
         self.app.connection_closed(self)
 
@@ -214,7 +221,7 @@ class HttpConnection(asyncio.Protocol):
     def _process(self) -> None:
         self._processing = True
         try:
-            while not self.closing and self.task is None:
+            while not self.closing and self.task is None and self._held is None:
                 try:
                     req = self._parse()
                 except _BadRequest as exc:
@@ -236,6 +243,8 @@ class HttpConnection(asyncio.Protocol):
                     task = self.loop.create_task(coro)
                     self.task = task
                     task.add_done_callback(self._task_done)
+                    return
+                if self._held is not None:
                     return
                 if not self.keep_alive:
                     self.close()
@@ -318,6 +327,10 @@ class HttpConnection(asyncio.Protocol):
             print(f"fake vLLM: handler error: {exc!r}", file=sys.stderr)
             self.abort()
             return
+        self._answered()
+
+    def _answered(self) -> None:
+        """The current request is answered: go on with the connection."""
         if self.closing:
             return
         if not self.keep_alive:
@@ -327,6 +340,20 @@ class HttpConnection(asyncio.Protocol):
             self._process()
         elif not self.buf:
             self._arm_idle()
+
+    # ------------------------------------------------------------------ held requests
+
+    def hold(self, on_lost: Callable[[], None]) -> None:
+        """The request being handled will be answered later, without a task: parsing stops
+        until :meth:`release`; ``on_lost`` runs (once) if the connection is lost before."""
+        self._held = on_lost
+
+    def release(self) -> None:
+        """The held request is answered: go on (keep-alive, pipelined requests, idle timer)."""
+        if self._held is None:
+            return
+        self._held = None
+        self._answered()
 
     # ------------------------------------------------------------------ idle timeout
 
@@ -340,7 +367,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _on_idle(self) -> None:
         self._idle_handle = None
-        if self.task is None and not self.buf and self._head is None:
+        if self.task is None and self._held is None and not self.buf and self._head is None:
             self.close()
 
     # ------------------------------------------------------------------ writing

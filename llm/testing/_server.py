@@ -25,6 +25,19 @@ Control methods (``fail_next``, ``hang``, ``set_latency``, ...) are called from
 any thread: they only mutate fields under a ``threading.Lock`` and take effect
 for the next request. ``down()``/``up()``/``stop()`` hop onto the server loop
 with ``run_coroutine_threadsafe`` and wait with a bound.
+
+Continuous batching (``FakeVLLM(batching=BatchingSpec(...))``, off by default):
+a /v1 POST that passes the fault decisions and validation becomes a sequence
+of :class:`llm.testing.fleet.Scheduler`, driven by one task per server
+(:class:`_Batcher`): admit, sleep the step on absolute times, hand out one
+token each. The request is answered without a task of its own: the
+connection is *held* (``HttpConnection.hold``) until the scheduler answers it
+(non-streamed: the usual body, with ``prompt_tokens_details``, when its last
+token comes; streamed: the usual SSE frames, grouped by the token that
+releases them) or the peer goes away (the sequence is dropped at once).
+``latency`` delays the entry into the queue; ``token_delay`` is ignored (the
+steps pace the tokens); stream cuts and hangs happen after the same number
+of events as without batching.
 """
 
 from __future__ import annotations
@@ -43,6 +56,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from llm.testing import _vllm as V
+from llm.testing import fleet as F
 from llm.testing._http import HttpConnection, Request
 
 GarbageKind = Literal[
@@ -146,6 +160,8 @@ class _Core:
         self.generation_tokens_total = 0
         self.model_created = int(time.time())
         self.perm_id = f"modelperm-{self.ids.getrandbits(64):016x}"
+        spec = owner._batching
+        self.batcher: _Batcher | None = None if spec is None else _Batcher(self, spec)
 
     # -------------------------------------------------------------- connections
 
@@ -245,6 +261,18 @@ class _Core:
             body = b'{"version":"%s"}' % V.VLLM_VERSION.encode()
         elif path == "/v1/models":
             body = V.render_models(self.spec, self.model_created, self.perm_id)
+        elif self.batcher is not None:  # /metrics of a batching server
+            sched = self.batcher.sched
+            body = V.render_metrics(
+                self.spec.model,
+                sched.running,
+                sched.waiting,
+                self.success,
+                self.prompt_tokens_total,
+                self.generation_tokens_total,
+                kv_usage=sched.kv_usage(),
+                prefix_cache=(sched.prefix_queries, sched.prefix_hits),
+            )
         else:  # /metrics
             body = V.render_metrics(
                 self.spec.model,
@@ -376,20 +404,32 @@ class _Core:
         self.success += 1
         self.prompt_tokens_total += plan.prompt_tokens
         self.generation_tokens_total += plan.completion_tokens
+        batcher = self.batcher
         if not plan.stream:
+            orca = req.headers.get(V.ORCA_FORMAT_HEADER)
+            if batcher is not None:
+                batcher.accept(conn, body, plan, d, rnd, created, tool_id, orca)
+                return None
             if plan.kind == "chat":
                 out = V.render_chat(plan, self.spec, f"chatcmpl-{rnd:016x}", created, tool_id)
             else:
                 out = V.render_completion(plan, self.spec, f"cmpl-{rnd:016x}", created)
             if d.latency > 0:
-                return self._delayed(conn, out, d.latency)
-            conn.send(200, out)
+                return self._delayed(conn, out, d.latency, orca)
+            conn.send(200, out, _JSON, self._orca(orca) if orca else ())
             return None
         if plan.kind == "chat":
             events = V.render_chat_stream(plan, self.spec, f"chatcmpl-{rnd:016x}", created, tool_id)
         else:
             events = V.render_completion_stream(plan, self.spec, f"cmpl-{rnd:016x}", created)
         frames = [_sse_chunk(text) for text, _ in events]
+        if (
+            batcher is not None
+            and (d.cut_after is None or d.cut_after > 0)
+            and (d.hang_after is None or d.hang_after > 0)  # else: no token ever, as below
+        ):
+            batcher.accept_stream(conn, body, plan, d, frames, [p for _, p in events])
+            return None
         if d.latency <= 0 and d.token_delay <= 0 and d.cut_after is None and d.hang_after is None:
             conn.send_raw(
                 conn.head(200, _SSE, None).encode("latin-1") + b"".join(frames) + b"0\r\n\r\n"
@@ -458,14 +498,20 @@ class _Core:
         finally:
             self.running -= 1
 
-    async def _delayed(self, conn: HttpConnection, body: bytes, latency: float) -> None:
+    def _orca(self, fmt: str) -> tuple[tuple[str, str], ...]:
+        """The ORCA load report of a non-batching server: nothing waits; KV from in-flight."""
+        return V.orca_headers(fmt, 0.0, V.inflight_kv_usage(self.running))
+
+    async def _delayed(
+        self, conn: HttpConnection, body: bytes, latency: float, orca: str | None = None
+    ) -> None:
         self.running += 1
         try:
             await asyncio.sleep(latency)
         finally:
             # not in flight any more *before* the client can see the answer
             self.running -= 1
-        conn.send(200, body)
+        conn.send(200, body, _JSON, self._orca(orca) if orca else ())
 
     async def _stream(
         self, conn: HttpConnection, frames: list[bytes], paced: list[bool], d: _Decision
@@ -520,6 +566,208 @@ class _Core:
             release()
 
 
+class _BatchCall(F.Seq):
+    """One /v1 POST of a batching server: a scheduler sequence plus what answers it."""
+
+    __slots__ = (
+        "batcher",
+        "chunks",
+        "conn",
+        "counted",
+        "created",
+        "cut_at",
+        "end_ok",
+        "orca",
+        "plan",
+        "rnd",
+        "timer",
+        "tool_id",
+    )
+
+    def __init__(
+        self, batcher: _Batcher, conn: HttpConnection, plan: V.Plan, body: dict[str, Any]
+    ) -> None:
+        spec = batcher.sched.spec
+        units = (
+            F.chat_units(body.get("messages"))
+            if plan.kind == "chat"
+            else F.completion_units(body.get("prompt"))
+        )
+        hashes = F.block_hashes(units[: F.UNIT * plan.prompt_tokens], spec.block_size)
+        length = max(plan.completion_tokens_per_choice, default=0)
+        super().__init__(plan.prompt_tokens, length, hashes, stream=plan.stream)
+        self.batcher = batcher
+        self.conn = conn
+        self.plan = plan
+        self.counted = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.chunks: list[bytes | None] = []
+        self.cut_at = -1  # streams: abort the connection after the chunk of this token
+        self.end_ok = True  # False: a cut or hung stream, never ended properly
+        self.orca: str | None = None
+        self.rnd = 0
+        self.created = 0
+        self.tool_id = ""
+
+    def lost(self) -> None:
+        self.batcher.drop(self)
+
+
+class _Batcher:
+    """The scheduler task of a batching server: thin I/O around :class:`F.Scheduler`."""
+
+    def __init__(self, core: _Core, spec: F.BatchingSpec) -> None:
+        self.core = core
+        self.sched: F.Scheduler[_BatchCall] = F.Scheduler(spec)
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.cuts: set[asyncio.Task[None]] = set()
+
+    # ---------------------------------------------------------------- entry
+
+    def accept(
+        self,
+        conn: HttpConnection,
+        body: dict[str, Any],
+        plan: V.Plan,
+        d: _Decision,
+        rnd: int,
+        created: int,
+        tool_id: str,
+        orca: str | None,
+    ) -> None:
+        call = _BatchCall(self, conn, plan, body)
+        call.rnd, call.created, call.tool_id, call.orca = rnd, created, tool_id, orca
+        self._enter(call, d.latency)
+
+    def accept_stream(
+        self,
+        conn: HttpConnection,
+        body: dict[str, Any],
+        plan: V.Plan,
+        d: _Decision,
+        frames: list[bytes],
+        paced: list[bool],
+    ) -> None:
+        call = _BatchCall(self, conn, plan, body)
+        cut, hang = d.cut_after, d.hang_after
+        limit: int | None = None
+        if cut is not None and (hang is None or cut <= hang):
+            limit = cut
+        elif hang is not None:
+            limit = hang
+        end = b"0\r\n\r\n" if limit is None else b""
+        call.chunks, last = F.token_chunks(frames, paced, call.length, limit=limit, end=end)
+        if limit is not None:
+            call.end_ok = False
+            if limit == cut:
+                call.cut_at = last
+        conn.start_stream(200, _SSE)
+        self._enter(call, d.latency)
+
+    def _enter(self, call: _BatchCall, latency: float) -> None:
+        call.counted = True
+        self.core.running += 1
+        call.conn.hold(call.lost)
+        if latency > 0:
+            call.timer = asyncio.get_running_loop().call_later(latency, self.submit, call)
+        else:
+            self.submit(call)
+
+    def submit(self, call: _BatchCall) -> None:
+        call.timer = None
+        self.sched.submit(call)
+        task = self.task
+        if task is None or task.done():
+            self.task = asyncio.get_running_loop().create_task(self._run())
+        self.wake.set()
+
+    def drop(self, call: _BatchCall) -> None:
+        """The client went away: the sequence leaves the scheduler now."""
+        if call.timer is not None:
+            call.timer.cancel()
+            call.timer = None
+        self.sched.cancel(call)
+        self._uncount(call)
+
+    def _uncount(self, call: _BatchCall) -> None:
+        if call.counted:
+            call.counted = False
+            self.core.running -= 1
+
+    # ---------------------------------------------------------------- the loop
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        sched = self.sched
+        wake = self.wake
+        at = loop.time()  # when the current step started / ends (absolute)
+        while True:
+            duration = sched.begin_step()
+            if duration is None:
+                wake.clear()
+                await wake.wait()
+                at = loop.time()
+                continue
+            now = loop.time()
+            if now - at > _MAX_LAG:  # too late to catch up: start afresh
+                at = now
+            at += duration
+            if at > now:
+                await asyncio.sleep(at - now)
+            tokens, finished = sched.end_step()
+            if tokens or finished:
+                self._deliver(tokens, finished)
+
+    def _deliver(self, tokens: list[_BatchCall], finished: list[_BatchCall]) -> None:
+        step = self.sched.step_no
+        for call in finished:  # out of the in-flight count before the client sees the end
+            if call.end_ok:
+                self._uncount(call)
+        for call in tokens:
+            i = step - call.first - 1
+            data = call.chunks[i]
+            if data is not None:
+                call.conn.send_raw(data)
+            if i == call.cut_at:
+                self._cut(call)
+        for call in finished:
+            conn = call.conn
+            if call.stream:
+                if call.end_ok:
+                    conn.release()
+                continue  # a hung stream stays held (and in flight) until the client leaves
+            conn.send(200, self._render(call), _JSON, self._orca(call.orca) if call.orca else ())
+            conn.release()
+
+    def _render(self, call: _BatchCall) -> bytes:
+        plan, spec = call.plan, self.core.spec
+        details = (call.cached_tokens, call.created_tokens)
+        if plan.kind == "chat":
+            rid = f"chatcmpl-{call.rnd:016x}"
+            return V.render_chat(plan, spec, rid, call.created, call.tool_id, details)
+        return V.render_completion(plan, spec, f"cmpl-{call.rnd:016x}", call.created, details)
+
+    def _orca(self, fmt: str) -> tuple[tuple[str, str], ...]:
+        sched = self.sched
+        return V.orca_headers(fmt, sched.waiting, sched.kv_usage())
+
+    def _cut(self, call: _BatchCall) -> None:
+        self.sched.cancel(call)
+        self._uncount(call)
+        task = asyncio.get_running_loop().create_task(_abort_after_flush(call.conn))
+        self.cuts.add(task)
+        task.add_done_callback(self.cuts.discard)
+
+
+_MAX_LAG = 0.05  # seconds a step may start late and still be caught up on
+
+
+async def _abort_after_flush(conn: HttpConnection) -> None:
+    await conn.flush()
+    conn.abort()
+
+
 def _http_date() -> str:
     from llm.testing._http import http_date
 
@@ -564,6 +812,7 @@ class FakeVLLM:
         name: str | None = None,
         seed: int = 0,
         keep_alive_timeout: float | None = None,
+        batching: F.BatchingSpec | None = None,
     ) -> None:
         if error_style not in ("nested", "flat"):
             raise ValueError(f"error_style must be 'nested' or 'flat', not {error_style!r}")
@@ -587,6 +836,9 @@ class FakeVLLM:
         self._base_latency = float(latency)
         self._base_token_delay = float(token_delay)
         self._keep_alive_timeout = keep_alive_timeout
+        if batching is not None and not isinstance(batching, F.BatchingSpec):
+            raise TypeError("batching must be a BatchingSpec or None")
+        self._batching = batching
         self._recorded: deque[RecordedRequest] = deque(maxlen=_MAX_RECORDED)
         self._request_count = 0
         self._connections_accepted = 0
@@ -622,6 +874,21 @@ class FakeVLLM:
         """Requests currently being answered slowly (latency/stream/hang)."""
         core = self._core
         return core.running if core is not None else 0
+
+    @property
+    def batching(self) -> F.BatchingSpec | None:
+        """The continuous-batching spec, or None (the default: every call is answered at once)."""
+        return self._batching
+
+    def batch_load(self) -> tuple[int, int]:
+        """(running, waiting) now, from any thread. Without batching: (in flight, 0)."""
+        core = self._core
+        if core is None:
+            return (0, 0)
+        batcher = core.batcher
+        if batcher is None:
+            return (core.running, 0)
+        return batcher.sched.load
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -921,14 +1188,22 @@ class FakeVLLM:
 
 @contextlib.contextmanager
 def start_fleet(n: int, **kwargs: Any) -> Iterator[list[FakeVLLM]]:
-    """Start ``n`` FakeVLLM servers (same kwargs, names ``fake-0`` ...) and stop them all."""
+    """Start ``n`` FakeVLLM servers (same kwargs, names ``fake-0`` ...) and stop them all.
+
+    ``batching`` may also be a list of ``n`` specs (or None), one per server, e.g. one
+    slow instance: ``[spec, spec, dataclasses.replace(spec, speed=0.25)]``."""
     if "port" in kwargs and kwargs["port"] not in (0, None) and n > 1:
         raise ValueError("start_fleet: a fixed port only works with n == 1")
+    per_server = kwargs.get("batching")
+    if isinstance(per_server, (list, tuple)) and len(per_server) != n:
+        raise ValueError("start_fleet: batching needs one spec per server")
     servers: list[FakeVLLM] = []
     try:
         for i in range(n):
             kw = dict(kwargs)
             kw.setdefault("name", f"fake-{i}")
+            if isinstance(per_server, (list, tuple)):
+                kw["batching"] = per_server[i]
             servers.append(FakeVLLM(**kw).start())
         yield servers
     finally:

@@ -35,13 +35,26 @@ JSON = "application/json"
 # --------------------------------------------------------------------------- json helpers
 
 
-def _final_usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+# (cached_tokens, created_cache_tokens) of a prompt, as vLLM reports them with
+# --enable-prompt-tokens-details; None = the details are off (null).
+PromptDetails = tuple[int, int]
+
+
+def _final_usage(
+    prompt_tokens: int, completion_tokens: int, details: PromptDetails | None = None
+) -> dict[str, Any]:
     """The usage block of a non-streamed answer, keys in vLLM's order."""
     return {
         "prompt_tokens": prompt_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
         "completion_tokens": completion_tokens,
-        "prompt_tokens_details": None,
+        "prompt_tokens_details": None
+        if details is None
+        else {
+            "cached_tokens": details[0],
+            "created_cache_tokens": details[1],
+            "multimodal_tokens": None,
+        },
         "completion_tokens_details": None,
     }
 
@@ -615,7 +628,14 @@ def _logprob_entry(idx: int, top: int) -> dict[str, Any]:
     return entry
 
 
-def render_chat(plan: Plan, spec: ServerSpec, rid: str, created: int, tool_id: str) -> bytes:
+def render_chat(
+    plan: Plan,
+    spec: ServerSpec,
+    rid: str,
+    created: int,
+    tool_id: str,
+    details: PromptDetails | None = None,
+) -> bytes:
     choices: list[dict[str, Any]] = []
     for i, c in enumerate(plan.choices):
         reasoning = join_pieces(c.reasoning) if c.reasoning else None
@@ -661,7 +681,7 @@ def render_chat(plan: Plan, spec: ServerSpec, rid: str, created: int, tool_id: s
             "choices": choices,
             "service_tier": None,
             "system_fingerprint": SYSTEM_FINGERPRINT,
-            "usage": _final_usage(plan.prompt_tokens, ct),
+            "usage": _final_usage(plan.prompt_tokens, ct, details),
             "prompt_logprobs": None,
             "prompt_token_ids": None,
             "prompt_text": None,
@@ -672,7 +692,9 @@ def render_chat(plan: Plan, spec: ServerSpec, rid: str, created: int, tool_id: s
     )
 
 
-def render_completion(plan: Plan, spec: ServerSpec, rid: str, created: int) -> bytes:
+def render_completion(
+    plan: Plan, spec: ServerSpec, rid: str, created: int, details: PromptDetails | None = None
+) -> bytes:
     choices = [
         {
             "index": i,
@@ -697,7 +719,7 @@ def render_completion(plan: Plan, spec: ServerSpec, rid: str, created: int) -> b
             "choices": choices,
             "service_tier": None,
             "system_fingerprint": SYSTEM_FINGERPRINT,
-            "usage": _final_usage(plan.prompt_tokens, ct),
+            "usage": _final_usage(plan.prompt_tokens, ct, details),
             "kv_transfer_params": None,
             "ec_transfer_params": None,
             "metrics": None,
@@ -914,6 +936,11 @@ def render_tokenize(spec: ServerSpec, body: Any) -> bytes | HttpError:
     )
 
 
+def inflight_kv_usage(running: int) -> float:
+    """The KV-cache usage the fake reports without batching: a fixed share per call in flight."""
+    return running * 0.0001220703125
+
+
 def render_metrics(
     model: str,
     running: int,
@@ -921,9 +948,14 @@ def render_metrics(
     success: int,
     prompt_tokens: int,
     generation_tokens: int,
+    *,
+    kv_usage: float | None = None,
+    prefix_cache: tuple[int, int] | None = None,
 ) -> bytes:
+    """The /metrics text. ``kv_usage`` overrides the in-flight estimate; ``prefix_cache`` =
+    (queried tokens, hit tokens) adds vLLM's two prefix-cache counters (batching mode)."""
     lbl = f'engine="0",model_name="{model}"'
-    kv = running * 0.0001220703125
+    kv = inflight_kv_usage(running) if kv_usage is None else float(kv_usage)
     lines = [
         "# HELP vllm:num_requests_running Number of requests in model execution batches.",
         "# TYPE vllm:num_requests_running gauge",
@@ -951,7 +983,44 @@ def render_metrics(
         "# TYPE vllm:generation_tokens_total counter",
         f"vllm:generation_tokens_total{{{lbl}}} {float(generation_tokens)!r}",
     ]
+    if prefix_cache is not None:
+        queries, hits = prefix_cache
+        lines += [
+            "# HELP vllm:prefix_cache_queries_total "
+            "Prefix cache queries, in terms of number of queried tokens.",
+            "# TYPE vllm:prefix_cache_queries_total counter",
+            f"vllm:prefix_cache_queries_total{{{lbl}}} {float(queries)!r}",
+            "# HELP vllm:prefix_cache_hits_total "
+            "Prefix cache hits, in terms of number of cached tokens.",
+            "# TYPE vllm:prefix_cache_hits_total counter",
+            f"vllm:prefix_cache_hits_total{{{lbl}}} {float(hits)!r}",
+        ]
     return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+ORCA_FORMAT_HEADER = "endpoint-load-metrics-format"
+
+
+def orca_headers(fmt: str | None, waiting: float, kv_usage: float) -> tuple[tuple[str, str], ...]:
+    """The ORCA load report vLLM adds to a non-streamed answer when the request carries
+    ``endpoint-load-metrics-format: JSON|TEXT`` (case-insensitive, like vLLM); () otherwise."""
+    if not fmt:
+        return ()
+    kind = fmt.lower()
+    w, kv = float(waiting), float(kv_usage)
+    if kind == "json":
+        value = (
+            f'JSON {{"named_metrics": {{"num_requests_waiting": {w!r}, '
+            f'"kv_cache_usage_perc": {kv!r}}}}}'
+        )
+    elif kind == "text":
+        value = (
+            f"TEXT named_metrics.num_requests_waiting={w!r}, "
+            f"named_metrics.kv_cache_usage_perc={kv!r}"
+        )
+    else:
+        return ()
+    return (("endpoint-load-metrics", value),)
 
 
 NGINX_502 = (
