@@ -15,6 +15,7 @@ from loguru import logger
 
 from llm.config import HealthConfig
 from llm.routing import Balancer, HealthChange, RouteState
+from llm.routing.state import WARMUP_SAMPLES
 from llm.send.log import log_health_change
 
 SECRET = "sk-secret-123"
@@ -34,6 +35,9 @@ SNAPSHOT_KEYS = {
     "consecutive_ejections",
     "cooldown_remaining_s",
     "last_error",
+    "tokens_in_flight",
+    "ms_per_token",
+    "load",
 }
 
 
@@ -128,6 +132,21 @@ def test_counters_and_in_flight_stay_exact(make_balancer: MakeBalancer, clock: F
     assert route.health.ejections == 1
 
 
+def test_tokens_in_flight_and_done_stay_exact(make_balancer: MakeBalancer) -> None:
+    """Each report gives back the tokens its dispatch asked for, however the call ended."""
+    balancer = make_balancer("a")
+    route = balancer.routes["a"]
+    starts = [balancer.dispatch(route, tokens) for tokens in (100, 20, 3)]
+    assert route.tokens_in_flight == 123 and balancer.stats()["a"]["tokens_in_flight"] == 123
+    balancer.succeeded(route, starts[0], latency=0.5, tokens=100)
+    assert (route.tokens_in_flight, route.in_flight, route.done) == (23, 2, 1)
+    balancer.finished(route, starts[1], tokens=20)
+    assert (route.tokens_in_flight, route.in_flight, route.done) == (3, 1, 2)
+    balancer.failed(route, starts[2], "timeout", tokens=3)
+    assert (route.tokens_in_flight, route.in_flight, route.done) == (0, 0, 3)
+    assert route.requests - route.done == route.in_flight
+
+
 def test_dispatch_returns_the_clock_time(make_balancer: MakeBalancer, clock: FakeClock) -> None:
     balancer = make_balancer("a")
     clock.advance(42.5)
@@ -138,17 +157,50 @@ def test_ewma_with_alpha(make_balancer: MakeBalancer, clock: FakeClock) -> None:
     balancer = make_balancer("a", health=HealthConfig(ewma_alpha=0.25))
     route = balancer.routes["a"]
     assert route.latency_ewma is None and route.ttft_ewma is None
-    # the first sample is taken as is, then new = old + alpha * (sample - old)
-    for latency, expected in [(1.0, 1.0), (2.0, 1.25), (4.0, 1.9375), (0.0, 1.453125)]:
+    # the first WARMUP_SAMPLES (3) samples are a warm-up: the least so far; from the 4th on
+    # new = old + alpha * (sample - old)
+    steps = [
+        (2.0, 2.0),  # the first sample as is
+        (4.0, 2.0),  # warm-up: a larger sample does not raise it
+        (1.0, 1.0),  # warm-up: the least so far
+        (3.0, 1.5),  # 1 + 0.25 * (3 - 1)
+        (0.0, 1.125),  # 1.5 + 0.25 * (0 - 1.5)
+        (2.125, 1.375),
+    ]
+    for n, (latency, expected) in enumerate(steps, start=1):
         clock.advance(1.0)
         balancer.succeeded(route, balancer.dispatch(route), latency=latency)
         assert route.latency_ewma == pytest.approx(expected)
+        assert route.latency_samples == n
         assert route.last_sample_at == clock.now
-    assert route.ttft_ewma is None  # latency samples do not touch ttft
-    balancer.succeeded(route, balancer.dispatch(route), latency=None, ttft=0.2)
-    balancer.succeeded(route, balancer.dispatch(route), latency=None, ttft=0.4)
-    assert route.ttft_ewma == pytest.approx(0.25)
-    assert route.latency_ewma == pytest.approx(1.453125)
+    assert route.ttft_ewma is None and route.ttft_samples == 0  # latency samples only
+    # time to first token has a warm-up of its own, however many latency samples came before
+    for ttft, expected in [(0.4, 0.4), (0.2, 0.2), (0.3, 0.2), (0.6, 0.3)]:
+        balancer.succeeded(route, balancer.dispatch(route), latency=None, ttft=ttft)
+        assert route.ttft_ewma == pytest.approx(expected)
+    assert route.ttft_samples == 4
+    assert route.latency_ewma == pytest.approx(1.375) and route.latency_samples == 6
+
+
+def test_the_warm_up_keeps_the_least_of_the_first_three_samples(
+    make_balancer: MakeBalancer,
+) -> None:
+    """A slow first answer (the client's own setup: connection, TLS) does not stick: the
+    estimate during the warm-up is the least sample so far; the 4th sample is averaged in."""
+    balancer = make_balancer("a")  # ewma_alpha 0.3
+    route = balancer.routes["a"]
+    assert WARMUP_SAMPLES == 3
+    for latency, expected in [(0.1, 0.1), (0.002, 0.002), (0.003, 0.002)]:
+        balancer.succeeded(route, balancer.dispatch(route), latency=latency, ttft=latency)
+        assert route.latency_ewma == expected and route.ttft_ewma == expected
+    balancer.succeeded(route, balancer.dispatch(route), latency=0.01, ttft=0.01)
+    assert route.latency_ewma == pytest.approx(0.002 + 0.3 * (0.01 - 0.002))  # 0.0044
+    assert route.ttft_ewma == pytest.approx(0.0044)
+    assert (route.latency_samples, route.ttft_samples) == (4, 4)
+    # a success without a measurement is no sample: it neither counts nor moves the EWMA
+    balancer.succeeded(route, balancer.dispatch(route))
+    assert route.latency_samples == 4 and route.latency_ewma == pytest.approx(0.0044)
+    assert balancer.stats()["a"]["latency_ewma_ms"] == 4.4
 
 
 def test_success_without_a_sample_does_not_refresh_last_sample_at(
@@ -255,6 +307,16 @@ def test_stats_snapshot_shows_state_transitions(
     assert stats["a"]["state"] == "healthy"
     assert stats["a"]["cooldown_remaining_s"] == 0.0
     assert stats["a"]["latency_ewma_ms"] is None
+    assert stats["a"]["tokens_in_flight"] == 0 and stats["a"]["ms_per_token"] is None
+    assert stats["a"]["load"] == {
+        "estimate": 0.0,
+        "reported_waiting": None,
+        "reported_running": None,
+        "kv_cache_usage": None,
+        "report_source": None,
+        "report_age_s": None,
+        "report_fresh": False,
+    }
 
     a = balancer.routes["a"]
     balancer.succeeded(a, balancer.dispatch(a), latency=0.25, ttft=0.125)
@@ -265,7 +327,7 @@ def test_stats_snapshot_shows_state_transitions(
     assert snap["cooldown_remaining_s"] == pytest.approx(until)
     assert snap["latency_ewma_ms"] == 250.0 and snap["ttft_ewma_ms"] == 125.0
     assert (snap["requests"], snap["successes"], snap["failures"]) == (2, 1, 1)
-    assert snap["in_flight"] == 0
+    assert snap["in_flight"] == 0 and snap["tokens_in_flight"] == 0
     assert snap["ejections"] == 1 and snap["consecutive_ejections"] == 1
     assert snap["last_error"] == "connect error"
 
@@ -382,9 +444,14 @@ def test_concurrent_pick_dispatch_report_keeps_counters_exact() -> None:
 # -- stall avoidance ---------------------------------------------------------------------------
 
 
-def measured(balancer: Balancer, name: str, latency: float) -> RouteState:
+def measured(
+    balancer: Balancer, name: str, latency: float, samples: int = WARMUP_SAMPLES
+) -> RouteState:
+    """Route ``name`` after ``samples`` answers in ``latency`` (by default past the warm-up:
+    least latency ranks it by its EWMA, no longer as a cold route)."""
     route = balancer.routes[name]
-    balancer.succeeded(route, balancer.dispatch(route), latency)
+    for _ in range(samples):
+        balancer.succeeded(route, balancer.dispatch(route), latency)
     return route
 
 

@@ -293,3 +293,31 @@ def test_a_forked_child_starts_with_fresh_pools_and_a_running_checker() -> None:
         assert _wait_child(pid) == 0, report
         provider.close()
     assert report == "0 0 True"
+
+
+@pytestmark_fork
+def test_a_forked_child_polls_the_load_of_its_routes_with_a_thread_of_its_own() -> None:
+    with FakeVLLM("m", name="a") as server:
+        config = {
+            "llm": {
+                "routes": {"a": {"base_url": server.base_url, "model": "m"}},
+                "lb_policy": "least_load",
+                "load": {"poll_interval": 0.05},
+            }
+        }
+        provider = VLLMOpenAIProvider(parse_config(config, environ={}))
+        provider.chat(MSG)
+        parent_poller = provider._poller
+
+        def inspect() -> str:
+            poller = provider._poller
+            alive = poller is not None and poller._thread.is_alive()
+            time.sleep(0.5)  # the parent's reports are old now; the child's own are fresh
+            age = provider.stats()["a"]["load"]["report_age_s"]
+            return f"{poller is not parent_poller} {alive} {age is not None and age < 0.3}"
+
+        pid, read_end = _fork_call(inspect)
+        report = _read_all(read_end)
+        assert _wait_child(pid) == 0, report
+        provider.close()
+    assert report == "True True True"

@@ -14,8 +14,9 @@ import pytest
 from conftest import FakeClock, MakeBalancer, picks, route_config
 
 from llm.config import HealthConfig
-from llm.routing import Balancer, Pool, RouteState
+from llm.routing import Balancer, LeastLatency, Pool, RouteState
 from llm.routing.indexes import DeadlineSchedule, LatencyIndex
+from llm.routing.state import WARMUP_SAMPLES
 
 HEALTH = HealthConfig(cooldown=5.0, max_cooldown=5.0, stall_factor=0)
 
@@ -39,7 +40,8 @@ def fastest_first(
     assert pool is not None
     routes = list(pool.routes)
     for route, latency in zip(routes, latencies, strict=True):
-        balancer.succeeded(route, balancer.dispatch(route), latency=latency, ttft=latency)
+        for _ in range(WARMUP_SAMPLES):  # past the warm-up: ranked by EWMA, no longer cold
+            balancer.succeeded(route, balancer.dispatch(route), latency=latency, ttft=latency)
     return balancer, pool, routes
 
 
@@ -159,6 +161,53 @@ def test_the_latency_heaps_stay_the_size_of_the_pool(make_balancer: MakeBalancer
         assert isinstance(index, LatencyIndex)
         for heap in (index.by_latency, index.by_ttft, index.by_since):
             assert len(heap) <= index.limit == 2 * 8 + 8
+
+
+def test_calls_in_flight_move_a_route_in_the_heaps_and_keep_them_bounded(
+    make_balancer: MakeBalancer,
+) -> None:
+    """Every dispatch and every end re-keys the route (EWMA times calls in flight plus one):
+    each pick is the usable route of least such cost (pool order on a tie: ``min`` keeps the
+    first), whatever the order of dispatches, samples, ends and ejections, and the heaps stay
+    within their limit."""
+    rng = random.Random(3)
+    latencies = (0.01, 0.013, 0.02, 0.05, 0.011)
+    balancer, pool, routes = fastest_first(make_balancer, *latencies)
+    assert isinstance(balancer.policy, LeastLatency)
+    balancer.policy.reprobe_interval = 1e9  # no re-probes here: the ranking alone
+    sent: list[tuple[RouteState, float]] = []
+    for _ in range(3000):
+        if sent and rng.random() < 0.45:
+            route, started = sent.pop(rng.randrange(len(sent)))
+            outcome = rng.random()
+            if outcome < 0.5:  # a new sample: its EWMA moves too
+                value = latencies[routes.index(route)] * rng.uniform(0.5, 2.0)
+                balancer.succeeded(route, started, latency=value, ttft=value / 2)
+            elif outcome < 0.8:
+                balancer.finished(route, started)  # no sample: only its load changes
+            else:
+                balancer.failed(route, started, "HTTP 503")  # ejected: parked on sight
+            continue
+        stream = rng.random() < 0.3
+        usable = [r for r in routes if r.health.available(balancer.clock())]
+        chosen = balancer.pick(pool, stream=stream)
+        if not usable:
+            assert chosen is None
+            balancer.clock.advance(6.0)  # type: ignore[attr-defined]
+            continue
+
+        def cost(route: RouteState, stream: bool = stream) -> float:
+            ewma = route.ttft_ewma if stream else route.latency_ewma
+            assert ewma is not None
+            return ewma * (route.in_flight + 1)
+
+        assert chosen is min(usable, key=cost)
+        sent.append((chosen, balancer.dispatch(chosen)))
+        index = pool.index
+        assert isinstance(index, LatencyIndex)
+        for heap in (index.by_latency, index.by_ttft, index.by_since):
+            assert len(heap) <= index.limit
+    assert len(sent) >= 5  # calls did pile up in flight
 
 
 def test_a_route_in_a_pinned_call_still_moves_in_its_pool_s_index(

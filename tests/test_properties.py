@@ -2,7 +2,8 @@
 
 - A rule-based state machine drives one Balancer (round robin, weighted round robin, least
   latency) with any sequence of picks (with and without exclude sets, plain and stream),
-  forced picks, dispatches, successes (with and without latency samples), failures (connect
+  forced picks, dispatches, pinned calls, successes (with and without latency samples,
+  through and past each route's warm-up), failures (connect
   error, 5xx, a misconfigured 401, a 429 with Retry-After), finished/abandoned attempts,
   active-check verdicts and clock moves (often zero: events at the same clock tick are the
   hard case). A model kept by the test, in event order, says what must happen; invariants
@@ -50,6 +51,7 @@ from llm.routing import (
 )
 from llm.routing.health import cooldown_for
 from llm.routing.indexes import DeadlineSchedule
+from llm.routing.state import WARMUP_SAMPLES
 
 PROPERTY = settings(max_examples=150, deadline=None, derandomize=True)
 STATEFUL = settings(
@@ -63,6 +65,7 @@ STATEFUL = settings(
 )
 
 PROBE_BUDGET = 0.1  # LeastLatency's default
+WARM_LATENCIES = [0.002, 0.01, 0.012, 0.02, 0.05, 0.2]
 JITTER = 0.2  # cooldown_for's default: a cooldown is jittered down by at most 20 %
 INF = float("inf")
 
@@ -177,8 +180,20 @@ class Model:
     failures: int = 0
     latency: float | None = None
     ttft: float | None = None
+    latency_samples: int = 0
+    ttft_samples: int = 0
     last_sample_at: float = -INF
     last_probe_at: float = -INF
+
+
+def smoothed(old: float | None, sample: float, n: int, alpha: float) -> float:
+    """The EWMA after the ``n``-th sample, as documented (state.py, balancer.py): during the
+    warm-up (the first WARMUP_SAMPLES samples) the least sample so far, then
+    ``old + alpha * (sample - old)``."""
+    if n <= WARMUP_SAMPLES:
+        return sample if old is None else min(old, sample)
+    assert old is not None
+    return old + alpha * (sample - old)
 
 
 class BalancerMachine(RuleBasedStateMachine):
@@ -195,7 +210,11 @@ class BalancerMachine(RuleBasedStateMachine):
     - pick returns only an available route not excluded: healthy, or its cooldown over and no
       trial of it in flight (one trial at a time); None only when there is no such route;
     - when nothing is available, force returns the route ready first (cooldown or Retry-After);
-    - in-flight, request, success and failure counters match the attempts exactly.
+    - in-flight, request, success and failure counters match the attempts exactly;
+    - each EWMA (latency, time to first token, counted apart) is the least of the first
+      WARMUP_SAMPLES samples, then ``old + alpha * (sample - old)`` (``smoothed``);
+    - round robin takes the next candidate after the cursor; least latency follows
+      ``expected_fastest`` exactly (warm-up, EWMA times calls in flight, re-probes).
     """
 
     POLICY = "round_robin"
@@ -215,8 +234,11 @@ class BalancerMachine(RuleBasedStateMachine):
         base=st.sampled_from([0.5, 1.0, 5.0]),
         factor=st.sampled_from([1.0, 3.0, 16.0]),
         seed=st.integers(0, 2**32 - 1),
+        warm=st.lists(st.none() | st.sampled_from(WARM_LATENCIES), min_size=5, max_size=5),
     )
-    def setup(self, base: float, factor: float, seed: int) -> None:
+    def setup(
+        self, base: float, factor: float, seed: int, warm: list[float | None] | None = None
+    ) -> None:
         # The policies' own rules; stall avoidance, a layer above them, has its properties below.
         self.health = HealthConfig(
             cooldown=base, max_cooldown=base * factor, reprobe_interval=self.REPROBE, stall_factor=0
@@ -235,6 +257,13 @@ class BalancerMachine(RuleBasedStateMachine):
         self.routes = list(pool.routes)
         self.model = {r.name: Model() for r in self.routes}
         self.since_probe = 0  # least latency: picks since the pool's last re-probe
+        # some routes start past their warm-up (three answers, the least of them counts), at
+        # close latencies, so that least latency's weighting by calls in flight decides picks
+        for route, latency in zip(self.routes, warm or (), strict=False):
+            if latency is not None:
+                for factor_ in (1.5, 1.0, 1.2):
+                    self.dispatch(route)
+                    self.answered(self.sent.pop(), latency * factor_, latency * factor_ / 4)
 
     # -- the model's view ----------------------------------------------------------------
 
@@ -326,31 +355,55 @@ class BalancerMachine(RuleBasedStateMachine):
     def expected_fastest(
         self, candidates: list[RouteState], now: float, stream: bool
     ) -> tuple[RouteState, bool]:
-        """least_latency, as documented: unmeasured routes first (fewest in flight, then pool
-        order); else a re-probe of the stale route (last sample and last re-probe both older
-        than reprobe_interval, not the fastest) measured longest ago (pool order on a tie), if
-        the picks since the pool's last re-probe pay for it: picks * probe_budget * best EWMA
-        >= its EWMA - best EWMA; else the lowest EWMA (latency, or time to first token for
-        streams; pool order breaks ties)."""
+        """least_latency, as documented: the route still warming up (fewer than
+        WARMUP_SAMPLES samples of the kind that counts: latency, or time to first token for
+        streams) with the fewest in flight (pool order) first, if it has none in flight;
+        else the best route is the one of lowest EWMA times its calls in flight plus one
+        among the measured ones (pool order breaks ties), or that warming-up route when none
+        is measured; and a re-probe of the stale route (measured in either kind, last sample
+        and last re-probe both older than reprobe_interval, not the best) measured longest
+        ago (pool order on a tie) goes first if the picks since the pool's last re-probe pay
+        for it: picks * probe_budget * best EWMA >= its EWMA (0 when none) - best EWMA (raw
+        EWMAs, no in-flight factor); else the best."""
 
         def score(route: RouteState) -> float | None:
             m = self.model[route.name]
             return m.ttft if stream else m.latency
 
+        def samples(route: RouteState) -> int:
+            m = self.model[route.name]
+            return m.ttft_samples if stream else m.latency_samples
+
+        def cost(route: RouteState) -> float:
+            ewma = score(route)
+            assert ewma is not None  # measured
+            return ewma * (self.in_flight(route) + 1)
+
         def since(route: RouteState) -> float:
             m = self.model[route.name]
             return max(m.last_sample_at, m.last_probe_at)
 
-        cold = [r for r in candidates if score(r) is None]
-        if cold:
-            return min(cold, key=self.in_flight), False
-        best = min(candidates, key=lambda r: score(r) or 0.0)
+        def any_sample(route: RouteState) -> bool:
+            m = self.model[route.name]
+            return m.latency is not None or m.ttft is not None
+
+        cold = [r for r in candidates if samples(r) < WARMUP_SAMPLES]
+        first_cold = min(cold, key=self.in_flight) if cold else None
+        if first_cold is not None and self.in_flight(first_cold) == 0:
+            return first_cold, False
+        measured = [r for r in candidates if score(r) is not None]
+        if not measured:
+            assert first_cold is not None
+            return first_cold, False
+        best = min(measured, key=cost)
         horizon = now - self.REPROBE
-        stale_routes = [r for r in candidates if r is not best and since(r) < horizon]
+        stale_routes = [
+            r for r in candidates if r is not best and any_sample(r) and since(r) < horizon
+        ]
         stale = min(stale_routes, key=since, default=None)
         if stale is not None:
-            best_score, stale_score = score(best), score(stale)
-            assert best_score is not None and stale_score is not None
+            best_score, stale_score = score(best), score(stale) or 0.0
+            assert best_score is not None
             if self.since_probe * PROBE_BUDGET * best_score >= stale_score - best_score:
                 return stale, True
         return best, False
@@ -371,7 +424,30 @@ class BalancerMachine(RuleBasedStateMachine):
         ttft=st.none() | st.sampled_from([0.005, 0.02, 0.1]),
     )
     def succeed(self, index: int, latency: float | None, ttft: float | None) -> None:
-        sent = self.sent.pop(index % len(self.sent))
+        self.answered(self.sent.pop(index % len(self.sent)), latency, ttft)
+
+    @rule(n=st.integers(2, 8), stream=st.booleans())
+    def burst(self, n: int, stream: bool) -> None:
+        """``n`` calls picked and sent in a row, none answered yet: many in flight at once."""
+        for _ in range(n):
+            self.pick(set(), stream, True)
+
+    @rule(
+        index=st.integers(0, 4),
+        latencies=st.lists(st.sampled_from(WARM_LATENCIES), min_size=3, max_size=3),
+        stream=st.booleans(),
+    )
+    def pinned_calls(self, index: int, latencies: list[float], stream: bool) -> None:
+        """Three calls pinned to one route (no pick), each answered before the next: a route
+        gets through its warm-up in one step, so the machine reaches warm routes."""
+        route = self.routes[index % len(self.routes)]
+        for latency in latencies:
+            self.dispatch(route)
+            sent = self.sent.pop()
+            self.answered(sent, latency, latency / 4 if stream else None)
+
+    def answered(self, sent: Sent, latency: float | None, ttft: float | None) -> None:
+        """``sent`` succeeded: the balancer's report and the model's."""
         route, m = sent.route, self.model[sent.route.name]
         was_trial = not m.healthy and sent.epoch == m.epoch
         before = (route.health.ejected_until, route.health.ejections)
@@ -385,9 +461,11 @@ class BalancerMachine(RuleBasedStateMachine):
         assert (route.health.ejected_until, route.health.ejections) == before
         alpha = self.health.ewma_alpha
         if latency is not None:
-            m.latency = latency if m.latency is None else m.latency + alpha * (latency - m.latency)
+            m.latency_samples += 1
+            m.latency = smoothed(m.latency, latency, m.latency_samples, alpha)
         if ttft is not None:
-            m.ttft = ttft if m.ttft is None else m.ttft + alpha * (ttft - m.ttft)
+            m.ttft_samples += 1
+            m.ttft = smoothed(m.ttft, ttft, m.ttft_samples, alpha)
         if latency is not None or ttft is not None:
             m.last_sample_at = self.clock()
 
@@ -479,10 +557,20 @@ class BalancerMachine(RuleBasedStateMachine):
                 assert health.state(now) is expected
             assert health.available(now) is self.available(route, now)
             assert route.latency_ewma == m.latency and route.ttft_ewma == m.ttft
+            assert (route.latency_samples, route.ttft_samples) == (
+                m.latency_samples,
+                m.ttft_samples,
+            )
             assert route.last_probe_at == m.last_probe_at
             assert route.last_sample_at == m.last_sample_at
             snap = stats[route.name]
             assert snap["in_flight"] == in_flight and snap["state"] == health.state(now).value
+            assert snap["latency_ewma_ms"] == (
+                None if m.latency is None else round(m.latency * 1e3, 3)
+            )
+            assert snap["ttft_ewma_ms"] == (None if m.ttft is None else round(m.ttft * 1e3, 3))
+            assert snap["tokens_in_flight"] == 0 and snap["ms_per_token"] is None
+            assert snap["load"]["estimate"] == in_flight  # no load report: its own calls
             assert 0.0 <= snap["cooldown_remaining_s"] <= self.health.max_cooldown + slack(now)
 
     def teardown(self) -> None:
@@ -766,15 +854,20 @@ LATENCY = st.sampled_from([0.01, 0.02, 0.05, 0.1, 0.5]) | st.floats(0.001, 5.0)
 
 @PROPERTY
 @given(
-    samples=st.lists(st.lists(LATENCY, min_size=1, max_size=4), min_size=2, max_size=5),
+    samples=st.lists(
+        st.lists(LATENCY, min_size=WARMUP_SAMPLES, max_size=WARMUP_SAMPLES + 3),
+        min_size=2,
+        max_size=5,
+    ),
     stream=st.booleans(),
     data=st.data(),
 )
 def test_least_latency_picks_the_lowest_ewma_and_reprobes_a_stale_route_once(
     samples: list[list[float]], stream: bool, data: st.DataObject
 ) -> None:
-    """Rule: with every usable route measured within reprobe_interval, the pick is the lowest
-    EWMA (time to first token for streams), the first in pool order on a tie. Once the other
+    """Rule: with every usable route past its warm-up (at least WARMUP_SAMPLES samples) and
+    measured within reprobe_interval, and no call in flight, the pick is the lowest EWMA (time
+    to first token for streams), the first in pool order on a tie. Once the other
     routes' measurements are older than reprobe_interval, each of them gets one pick (a
     re-probe, in pool order as they were measured at the same time), each as soon as the
     picks since the last re-probe pay for it (picks * probe_budget * fastest EWMA >= its EWMA
@@ -787,9 +880,14 @@ def test_least_latency_picks_the_lowest_ewma_and_reprobes_a_stale_route_once(
     policy = balancer.policy
     assert isinstance(policy, LeastLatency) and policy.probe_budget == PROBE_BUDGET
     for route, values in zip(routes, samples, strict=True):
-        for value in values:
+        expected: float | None = None
+        expected_ttft: float | None = None
+        for count, value in enumerate(values, start=1):
             started = balancer.dispatch(route)
             balancer.succeeded(route, started, latency=value, ttft=value / 2)
+            expected = smoothed(expected, value, count, balancer.alpha)
+            expected_ttft = smoothed(expected_ttft, value / 2, count, balancer.alpha)
+        assert (route.latency_ewma, route.ttft_ewma) == (expected, expected_ttft)
     ejected = data.draw(st.sets(st.integers(0, n - 1), max_size=n - 1))
     for i in ejected:
         eject(balancer, routes[i])
@@ -823,6 +921,80 @@ def test_least_latency_picks_the_lowest_ewma_and_reprobes_a_stale_route_once(
         assert policy.since_probe[pool] == 0
     assert balancer.pick(pool, excluded, stream) is best
     assert balancer.pick(pool, excluded, stream) is best
+
+
+@PROPERTY
+@given(
+    routes=st.lists(
+        st.tuples(
+            st.lists(st.tuples(LATENCY, st.booleans()), max_size=WARMUP_SAMPLES + 2),
+            st.integers(0, 6),  # calls in flight
+        ),
+        min_size=2,
+        max_size=6,
+    ),
+    stream=st.booleans(),
+    exclude=st.sets(st.integers(0, 5), max_size=4),
+)
+def test_least_latency_tries_routes_warming_up_first_then_weighs_each_ewma_by_calls_in_flight(
+    routes: list[tuple[list[tuple[float, bool]], int]], stream: bool, exclude: set[int]
+) -> None:
+    """Rule, re-probes aside (every route measured just now): of the routes with fewer than
+    WARMUP_SAMPLES samples of the kind that counts (latency; time to first token for streams)
+    the one with fewest calls in flight (pool order on a tie) comes first if it has none in
+    flight; else the lowest EWMA times calls in flight plus one among the measured routes,
+    pool order on a tie (that warming-up route when none is measured). Each EWMA is the
+    least of the first WARMUP_SAMPLES samples, then the usual moving average. Each sample has
+    a latency, and a time to first token (a quarter of it) when drawn so."""
+    clock = FakeClock()
+    balancer, pool, states = make(clock, [1.0] * len(routes), "least_latency", stall_factor=0)
+    alpha = balancer.alpha
+    model: dict[str, tuple[float | None, int, float | None, int]] = {}
+    for route, (samples, _in_flight) in zip(states, routes, strict=True):
+        latency: float | None = None
+        ttft: float | None = None
+        counts = [0, 0]
+        for value, with_ttft in samples:
+            started = balancer.dispatch(route)
+            balancer.succeeded(route, started, latency=value, ttft=value / 4 if with_ttft else None)
+            counts[0] += 1
+            latency = smoothed(latency, value, counts[0], alpha)
+            if with_ttft:
+                counts[1] += 1
+                ttft = smoothed(ttft, value / 4, counts[1], alpha)
+        assert (route.latency_ewma, route.ttft_ewma) == (latency, ttft)
+        model[route.name] = (latency, counts[0], ttft, counts[1])
+    for route, (_samples, in_flight) in zip(states, routes, strict=True):
+        for _ in range(in_flight):
+            balancer.dispatch(route)
+    excluded = [r for i, r in enumerate(states) if i in exclude]
+    candidates = [r for r in states if r not in excluded]
+
+    def ewma(route: RouteState) -> float | None:
+        latency, _, ttft, _ = model[route.name]
+        return ttft if stream else latency
+
+    def samples_of(route: RouteState) -> int:
+        _, latencies, _, ttfts = model[route.name]
+        return ttfts if stream else latencies
+
+    def cost(route: RouteState) -> float:
+        value = ewma(route)
+        assert value is not None
+        return value * (route.in_flight + 1)
+
+    cold = [r for r in candidates if samples_of(r) < WARMUP_SAMPLES]
+    first_cold = min(cold, key=lambda r: r.in_flight) if cold else None
+    measured = [r for r in candidates if ewma(r) is not None]
+    if not candidates:
+        expected = None
+    elif first_cold is not None and first_cold.in_flight == 0:
+        expected = first_cold  # one warm-up call at a time
+    elif measured:
+        expected = min(measured, key=cost)
+    else:
+        expected = first_cold
+    assert balancer.pick(pool, excluded, stream) is expected
 
 
 # -- the call plan: backoff, Retry-After, deadline ---------------------------------------

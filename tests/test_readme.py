@@ -129,7 +129,7 @@ def test_commands_not_run_here_are_run_by_ci():
 
 def test_the_config_example_is_valid():
     config = parse_config(yaml.safe_load(CONFIG_YAML), environ={})
-    assert config.fallback_route == "tiny_qwen" and config.lb_policy == "least_latency"
+    assert config.fallback_route == "tiny_qwen" and config.lb_policy == "least_load"
     assert config.pool() == ("gpt20_a", "gpt20_b")
 
 
@@ -139,8 +139,9 @@ def test_the_config_table_documents_every_key_and_only_real_keys():
     real |= {f"llm.routes.NAME.{key}" for key in sections.ROUTE_KEYS}
     real |= {f"llm.retry.{key}" for key in sections.RETRY_KEYS}
     real |= {f"llm.health.{key}" for key in sections.HEALTH_KEYS}
+    real |= {f"llm.load.{key}" for key in sections.LOAD_KEYS}
     real |= {f"llm.params.{key}" for key in (*sections.CONTROL_PARAMS, "extra_body")}
-    real -= {"llm.retry", "llm.health"}
+    real -= {"llm.retry", "llm.health", "llm.load"}
     assert documented - {"llm.params."} == real
     for key in body_keys.BODY_KEYS:
         assert f"`{key}`" in README, key

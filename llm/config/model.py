@@ -26,7 +26,7 @@ from typing import Any
 
 from .redact import redact_url
 
-KNOWN_POLICIES: tuple[str, ...] = ("round_robin", "least_latency")
+KNOWN_POLICIES: tuple[str, ...] = ("round_robin", "least_latency", "least_load")
 
 DEFAULT_PROVIDER = "vllm_openai"
 DEFAULT_TIMEOUT = 60.0
@@ -116,6 +116,30 @@ class HealthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LoadConfig:
+    """Where routing learns each route's load (``llm.load``; see the README, "Load").
+
+    ``poll_interval``: seconds between two reads of a route's ``/metrics`` (jittered; 0: never);
+    ``None`` means 1 s under ``least_load`` and never under the other policies.
+    ``orca``: ask for vLLM's load report on every non-streamed answer; ``None`` means yes under
+    ``least_load`` only. ``max_age``: a report older than this is ignored (stale load herds).
+    """
+
+    poll_interval: float | None = None
+    orca: bool | None = None
+    max_age: float = 3.0
+
+    def polls(self, policy: str) -> float:
+        """Seconds between two polls of a route's ``/metrics`` under ``policy`` (0: never)."""
+        if self.poll_interval is not None:
+            return self.poll_interval
+        return 1.0 if policy == "least_load" else 0.0
+
+    def asks_orca(self, policy: str) -> bool:
+        return self.orca if self.orca is not None else policy == "least_load"
+
+
+@dataclass(frozen=True, slots=True)
 class LLMConfig:
     """The whole ``llm:`` section, validated."""
 
@@ -132,6 +156,7 @@ class LLMConfig:
     retry: RetryConfig = field(default_factory=RetryConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     source: str | None = None
+    load: LoadConfig = field(default_factory=LoadConfig)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "routes", _frozen_mapping(self.routes))
@@ -154,6 +179,7 @@ class LLMConfig:
                 self.retry,
                 self.health,
                 self.source,
+                self.load,
             ),
         )
 

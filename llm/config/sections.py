@@ -31,6 +31,7 @@ from .model import (
     KNOWN_POLICIES,
     HealthConfig,
     LLMConfig,
+    LoadConfig,
     RetryConfig,
     RouteConfig,
 )
@@ -63,6 +64,7 @@ LLM_KEYS = (
     "fallback_route",
     "health",
     "lb_policy",
+    "load",
     "params",
     "provider",
     "retry",
@@ -88,6 +90,7 @@ HEALTH_KEYS = (
     "stall_factor",
     "stall_min",
 )
+LOAD_KEYS = ("max_age", "orca", "poll_interval")
 CONTROL_PARAMS = ("connect_timeout", "deadline", "max_response_bytes", "max_retries", "timeout")
 PARAMS_KEYS = (*CONTROL_PARAMS, "extra_body", *BODY_KEYS)
 
@@ -308,6 +311,23 @@ def _health(path: str, value: object) -> HealthConfig:
     )
 
 
+def _load(path: str, value: object) -> LoadConfig:
+    raw = read_mapping(path, value, optional=True)
+    check_keys(path, raw, LOAD_KEYS)
+    defaults = LoadConfig()
+    poll = raw.get("poll_interval")
+    orca = raw.get("orca")
+    return LoadConfig(
+        poll_interval=None
+        if poll is None
+        else read_number(join(path, "poll_interval"), poll, minimum=0),
+        orca=None if orca is None else read_bool(join(path, "orca"), orca),
+        max_age=read_number(
+            join(path, "max_age"), raw.get("max_age", defaults.max_age), minimum=0, exclusive=True
+        ),
+    )
+
+
 def build(raw: Mapping[Any, Any], source: str | None) -> LLMConfig:
     """The ``LLMConfig`` of the ``llm`` mapping ``raw``; ``source`` is recorded on it."""
     path = "llm"
@@ -365,4 +385,5 @@ def build(raw: Mapping[Any, Any], source: str | None) -> LLMConfig:
         retry=_retry(join(path, "retry"), raw.get("retry"), max_retries),
         health=_health(join(path, "health"), raw.get("health")),
         source=source,
+        load=_load(join(path, "load"), raw.get("load")),
     )

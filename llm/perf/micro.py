@@ -61,9 +61,9 @@ from typing import Any
 from ..config import HealthConfig, RetryConfig, RouteConfig
 from ..routing.balancer import Balancer
 from ..routing.plan import plan_call
-from ..routing.state import Pool, RouteState
+from ..routing.state import WARMUP_SAMPLES, Pool, RouteState
 
-POLICIES = ("round_robin", "weighted_round_robin", "least_latency")
+POLICIES = ("round_robin", "weighted_round_robin", "least_latency", "least_load")
 ROUTE_COUNTS = (2, 10, 100)
 TARGET_US = 10.0
 MODEL = "m"
@@ -196,8 +196,9 @@ def make_setup(
     setup = Setup(balancer, pool)
     for i, route in enumerate(pool.routes):
         setup.latency[route] = 0.050 + 0.001 * i
-        started = balancer.dispatch(route)
-        balancer.succeeded(route, started, setup.latency[route])
+        for _ in range(WARMUP_SAMPLES):  # measured, past the warm-up
+            started = balancer.dispatch(route)
+            balancer.succeeded(route, started, setup.latency[route])
     for route in pool.routes[:ejected]:
         balancer.failed(route, balancer.dispatch(route), "ejected by the benchmark")
     return setup

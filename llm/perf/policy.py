@@ -6,16 +6,29 @@ Three routes of one model answer in 10, 40 and 160 ms (``a``, ``b``, ``c``). Cal
 a real :class:`~llm.routing.Balancer` with the ``least_latency`` policy, in two phases:
 
 1. ``calls`` calls, the first ``warmup`` of which are not counted: the mean latency of the
-   rest, its ratio to always choosing ``a``, each route's share, and the calls ``b`` and ``c``
-   still got (their re-probes);
+   rest, its ratio to always choosing ``a``, each route's share, the calls ``b`` and ``c``
+   still got, and (simulated) how many of those were re-probes;
 2. ``a`` slows to 200 ms and ``after`` more calls follow: how many calls it took for the
    traffic to move, and the shares from then on.
 
+Least latency picks the lowest EWMA times the route's calls in flight plus one (Finagle's
+peak EWMA): with one call at a time that is the lowest EWMA, so the slower routes only get
+their re-probes; with calls in flight a route's cost grows with its queue, so ``a`` at 10 ms
+with 4 calls in flight (10 x 5 = 50) costs more than ``b`` at 40 ms with none (40 x 1), and
+``b`` takes a share. Real servers slow down with their queue, which is what the rule is for;
+here latencies do not grow with load, so that share is pure cost: at 16 in flight the mean is
+about 1.17x always choosing ``a`` (1.00x under the old rule, the plain lowest EWMA, which sent
+a whole burst to one route), still within the 1.25x target.
+
 "Moved" is defined on the calls of phase 2 in dispatch order: ``moved_after`` is the index
-of the first call that went to another route and from which on ``a`` gets at most one of the
-next ``WINDOW`` (50) calls (one: a re-probe), i.e. the number of calls made since the
-slowdown before the traffic had moved (None: it never did). The shares after the move are
-those of the calls from ``moved_after`` on, re-probes of ``a`` included.
+of the first call that went to another route and from which on ``a`` gets at most
+``moved_most`` of any ``WINDOW`` (50) consecutive calls, i.e. the number of calls made since
+the slowdown before the traffic had moved (None: it never did). ``moved_most`` is one (a
+re-probe) for sequential calls; with calls in flight it is ``IN_FLIGHT_MOST`` (3, 6 %),
+because the in-flight weighting keeps giving a slower route a small share (``b``, 4x slower
+than ``a``, has about 5 % of phase 1 at 16 in flight; ``a`` at 200 ms, 5x slower than ``b``,
+keeps about 3 % of phase 2, 1.6 calls in 50). The shares after the move are those of the
+calls from ``moved_after`` on, re-probes of ``a`` included.
 
 :func:`simulate` is pure and deterministic: a fake clock, a seeded ``random.Random``, no
 sockets and no sleeping. ``concurrency`` workers each make a call, wait for its answer, think
@@ -24,7 +37,8 @@ flight sit in an event queue ordered by completion time, so ``dispatch`` and ``s
 reach the balancer in the order a real client would report them, with the clock at the
 completion time. A call's latency is its route's (200 ms for ``a`` once phase 2 has begun),
 jittered uniformly by +-10 %; the 10 ms reference is the nominal one. The slowdown happens
-while calls are in flight: those already sent to ``a`` keep their 10 ms.
+while calls are in flight: those already sent to ``a`` keep their 10 ms. A pick that moved
+the route's ``last_probe_at`` was a re-probe (``PolicyRun.probes``).
 
 :func:`measure_live` does the same for real: three fake vLLM servers in child processes
 (``llm.testing.chaos.FakeProcess``), so that their timers run in other processes and the
@@ -49,7 +63,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import heapq
-import itertools
 import json
 import os
 import random
@@ -70,6 +83,7 @@ from ..testing.chaos import FakeProcess
 
 __all__ = [
     "FAST",
+    "IN_FLIGHT_MOST",
     "LATENCIES",
     "SLOWED",
     "WINDOW",
@@ -78,6 +92,7 @@ __all__ = [
     "main",
     "measure_live",
     "moved_after",
+    "moved_most",
     "render_markdown",
     "render_text",
     "run_all",
@@ -89,7 +104,8 @@ LATENCIES: Mapping[str, float] = {"a": 0.010, "b": 0.040, "c": 0.160}
 FAST = "a"  # the route that is fast in phase 1 and slows down in phase 2
 SLOWED = 0.200  # its latency in phase 2
 JITTER = 0.10  # simulated latencies are uniform in +-10 % of the route's
-WINDOW = 50  # the old fast route gets at most one of these once the traffic moved
+WINDOW = 50  # the old fast route gets at most one of these once the traffic moved...
+IN_FLIGHT_MOST = 3  # ...or this many with calls in flight (see the module docstring)
 MODEL = "tiny"
 MESSAGES = [{"role": "user", "content": "least latency"}]
 DEFAULTS = HealthConfig()  # reprobe_interval 10 s, ewma_alpha 0.3
@@ -111,12 +127,14 @@ class PolicyRun:
     reference_ms: float  # always choosing ``a``: nominal (simulated) or measured (live)
     ratio: float  # mean_ms / reference_ms
     shares: dict[str, float]  # phase 1 after the warm-up
-    reprobes: dict[str, int]  # calls to the other routes after the warm-up
+    reprobes: dict[str, int]  # calls to the other routes after the warm-up (all of them)
     after: int  # phase 2 calls
     moved_after: int | None  # see the module docstring
     shares_after_move: dict[str, float]
     mean_after_move_ms: float | None
     errors: int = 0  # calls that failed (live)
+    moved_most: int = 1  # calls ``a`` may still get of any ``WINDOW`` once moved
+    probes: dict[str, int] | None = None  # the true re-probes among ``reprobes`` (simulated)
 
 
 @dataclass
@@ -150,14 +168,27 @@ class PolicyReport:
 # -- the figures, from the calls --------------------------------------------------------
 
 
-def moved_after(routes: Sequence[str | None], old: str = FAST, window: int = WINDOW) -> int | None:
+def moved_most(concurrency: int) -> int:
+    """How many of any ``WINDOW`` calls the old fast route may still get once the traffic
+    moved: one (a re-probe) sequentially, ``IN_FLIGHT_MOST`` with calls in flight (see the
+    module docstring)."""
+    return 1 if concurrency <= 1 else IN_FLIGHT_MOST
+
+
+def moved_after(
+    routes: Sequence[str | None], old: str = FAST, window: int = WINDOW, most: int = 1
+) -> int | None:
     """The index of the first call not sent to ``old`` from which on ``old`` never gets more
-    than one of any ``window`` consecutive calls, or None when there is no such call."""
+    than ``most`` of any ``window`` consecutive calls, or None when there is no such call."""
+    if most < 1:
+        raise ValueError("most must be at least 1")
     hits = [i for i, route in enumerate(routes) if route == old]
-    # a window starting at j holds two of them iff two consecutive ones are < window apart:
-    # then every j up to the earlier one is a bad start; the move begins after the last such
+    # a window starting at j holds most + 1 of them iff some most + 1 in a row span less than
+    # window: then every j up to the first of those is a bad start; the move begins after
+    # the last such
     last_bad = max(
-        (first for first, second in itertools.pairwise(hits) if second - first < window), default=-1
+        (hits[k] for k in range(len(hits) - most) if hits[k + most] - hits[k] < window),
+        default=-1,
     )
     return next((k for k in range(last_bad + 1, len(routes)) if routes[k] != old), None)
 
@@ -183,18 +214,28 @@ def summarize(
     ewma_alpha: float = DEFAULTS.ewma_alpha,
     names: Sequence[str] = tuple(LATENCIES),
     window: int = WINDOW,
+    most: int | None = None,
+    probed: Sequence[bool] | None = None,
 ) -> PolicyRun:
     """Turn the calls of both phases (route or None for a failure, latency in seconds, in
-    dispatch order; the first ``calls`` are phase 1) into a :class:`PolicyRun`."""
+    dispatch order; the first ``calls`` are phase 1) into a :class:`PolicyRun`. ``most``
+    (default: ``moved_most(concurrency)``) goes to :func:`moved_after`; ``probed``, when the
+    caller knows it, says which calls were re-probes."""
     if not 0 <= warmup < calls <= len(routes) or len(latencies) != len(routes):
         raise ValueError("need len(routes) == len(latencies) >= calls > warmup >= 0")
+    if probed is not None and len(probed) != len(routes):
+        raise ValueError("need len(probed) == len(routes)")
+    most = moved_most(concurrency) if most is None else most
     counted = range(warmup, calls)
     counted_routes = [routes[i] for i in counted]
     ok = [latencies[i] for i in counted if routes[i] is not None]
     mean = statistics.fmean(ok) if ok else float("nan")
     others = Counter(r for r in counted_routes if r is not None and r != FAST)
     phase2 = list(routes[calls:])
-    moved = moved_after(phase2, FAST, window)
+    moved = moved_after(phase2, FAST, window, most)
+    probes = None
+    if probed is not None:
+        probes = Counter(routes[i] for i in counted if probed[i])
     after_move: list[str | None] = phase2[moved:] if moved is not None else []
     after_latencies = [
         latencies[calls + moved + i]
@@ -222,6 +263,8 @@ def summarize(
             round(statistics.fmean(after_latencies) * 1e3, 3) if after_latencies else None
         ),
         errors=sum(1 for route in routes if route is None),
+        moved_most=most,
+        probes=None if probes is None else {name: probes[name] for name in names if name != FAST},
     )
 
 
@@ -274,6 +317,8 @@ def simulate(
     assert pool is not None
     routes: list[str | None] = []
     taken: list[float] = []
+    probed: list[bool] = []
+    members = pool.routes
     phase1_end = 0.0
     # (time, sequence, call): call None is a worker ready to send, else a call that answers
     events: list[tuple[float, int, tuple[RouteState, float, float] | None]] = [
@@ -289,9 +334,12 @@ def simulate(
                 continue
             if index == calls:
                 phase1_end = now
+            probe_times = [member.last_probe_at for member in members]
             route = balancer.pick(pool)
             if route is None:
                 raise RuntimeError("no route available")  # never: nothing fails here
+            # least latency notes a re-probe in the route's last_probe_at
+            probed.append(route.last_probe_at != probe_times[members.index(route)])
             base = slowed if route.name == FAST and index >= calls else latencies[route.name]
             latency = base * (1.0 + jitter * (2.0 * rng.random() - 1.0))
             started = balancer.dispatch(route)
@@ -318,6 +366,7 @@ def simulate(
         ewma_alpha=ewma_alpha,
         names=tuple(latencies),
         window=window,
+        probed=probed,
     )
 
 
@@ -561,6 +610,7 @@ def _rows(report: PolicyReport) -> list[list[str]]:
                 f"{run.ratio:.3f}",
                 _pct(run.shares),
                 " / ".join(str(v) for v in run.reprobes.values()),
+                "-" if run.probes is None else " / ".join(str(v) for v in run.probes.values()),
                 "never" if run.moved_after is None else str(run.moved_after),
                 _pct(run.shares_after_move) if run.moved_after is not None else "-",
                 "-" if run.mean_after_move_ms is None else f"{run.mean_after_move_ms:.1f} ms",
@@ -581,10 +631,35 @@ def _header(report: PolicyReport) -> list[str]:
         f"× always {FAST}",
         f"shares {names} %",
         f"calls to {slow}",
+        f"re-probes of {slow}",
         "moved after (calls)",
         f"shares after the move {names} %",
         "mean after the move",
     ]
+
+
+def _busy_reading(report: PolicyReport) -> list[str]:
+    """What the simulated run with calls in flight shows, in its own figures."""
+    busy = next((r for r in report.simulated if r.concurrency > 1 and not r.think_s), None)
+    if busy is None:
+        return []
+    others = {n: v for n, v in report.latencies_ms.items() if n != FAST}
+    best = min(others, key=others.__getitem__)  # always choosing it: the best after the slowdown
+    moved = "never moves" if busy.moved_after is None else f"moves after {busy.moved_after} calls"
+    text = (
+        f"At {busy.concurrency} in flight the mean is {busy.ratio:.3f}x always choosing "
+        f"`{FAST}` (the target is 1.25x). After the slowdown the row "
+        f"{moved}, as `{FAST}`'s slow calls pile up in flight (each weighs its EWMA up) "
+        "before the first of them is back"
+    )
+    if busy.mean_after_move_ms is not None:
+        share = busy.shares_after_move[FAST]
+        text += (
+            f"; `{FAST}` then keeps {100 * share:.1f} % of the calls ({share * report.window:.1f} "
+            f"in {report.window}), a mean of {busy.mean_after_move_ms / others[best]:.2f}x the "
+            f"{others[best]:g} ms of always choosing `{best}`"
+        )
+    return [text + "."]
 
 
 def render_markdown(report: PolicyReport) -> str:
@@ -594,13 +669,16 @@ def render_markdown(report: PolicyReport) -> str:
         "## Least latency picks the fast route",
         "",
         f"Three routes of one model answer in {lat}; calls go through the `least_latency` "
-        f"policy. Phase 1: the mean latency after a warm-up against always choosing `{FAST}` "
+        "policy: the lowest latency EWMA times the route's calls in flight plus one (a route "
+        "is tried first until it has 3 answers, the least of which is its first estimate). "
+        f"Phase 1: the mean latency after a warm-up against always choosing `{FAST}` "
         f"(the simulation's reference is the nominal {report.latencies_ms[FAST]:g} ms; the live "
         f"runs measure it, same calls through a provider with `{FAST}` only), each route's "
-        f"share, and the calls the slower routes still got: their re-probes. Phase 2: `{FAST}` "
-        f"slows to {report.slowed_ms:g} ms; *moved after* is the number of calls made since "
-        f"then before the first call to another route from which on `{FAST}` gets at most "
-        f"one (a re-probe) of the next {report.window} calls.",
+        "share, the calls the slower routes still got and, simulated, how many of those were "
+        f"re-probes. Phase 2: `{FAST}` slows to {report.slowed_ms:g} ms; *moved after* is the "
+        "number of calls made since then before the first call to another route from which "
+        f"on `{FAST}` gets at most one (a re-probe) of any {report.window} calls in a row, "
+        f"or {IN_FLIGHT_MOST} with calls in flight.",
         "",
         "Simulated runs: a real `Balancer` on a fake clock, latencies jittered by ±10 %, "
         "workers that send a call as soon as their last one answered (or after a think time), "
@@ -611,17 +689,25 @@ def render_markdown(report: PolicyReport) -> str:
     ]
     header = _header(report)
     reading = [
-        "How to read it: the mean after the warm-up is what re-probes cost (the routing's own "
-        "share of the latency); least_latency holds them to about 10 % at any rate. The "
-        "sequential and 16-in-flight rows move after 1 and 16 calls: the calls already sent "
-        f"when `{FAST}`'s first slow answer came back. At one call every 5 s the move counts "
-        f"from a little later: one 200 ms answer lifts `{FAST}`'s moving average only to 67 ms, "
-        "which earns it a few early re-probes before they space out.",
+        "How to read it: with one call at a time the mean after the warm-up is what re-probes "
+        "cost (the routing's own share of the latency); least_latency holds them to about "
+        "10 % at any rate. With calls in flight each route's EWMA is weighted by its calls "
+        f"in flight plus one, so `{FAST}` at 10 ms with 4 in flight (50) costs more than `b` "
+        "at 40 ms with none (40) and `b` takes a share of the calls: real servers slow down "
+        "with their queue and the weighting keeps a burst from piling onto one of them, but "
+        "these simulated latencies do not grow with load, so here that share only costs.",
+        *_busy_reading(report),
+        "The sequential row moves after 1 call: the one sent before "
+        f"`{FAST}`'s first slow answer came back. At one call every 5 s the move may count "
+        f"from a little later: one 200 ms answer lifts `{FAST}`'s moving average only to "
+        "67 ms, which can earn it an early re-probe before they space out.",
     ]
     if report.live:
         reading.append(
             "Live runs with the default interval last less than one interval, so they have "
-            "no re-probes to show. At 16 in flight the live latencies are mostly the CPU of "
+            "no re-probes to show: with calls in flight their calls to the slower routes are "
+            "the in-flight weighting's share (not counted apart live). At 16 in flight the "
+            "live latencies are mostly the CPU of "
             f"this machine ({report.cpus or '?'} CPUs shared by the client and the three "
             "servers) and move by about 15 % from run to run, either way; the reference "
             "takes turns with the measured calls to share their conditions."

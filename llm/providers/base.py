@@ -23,6 +23,7 @@ from ..config import LLMConfig, RouteConfig
 from ..errors import AllRoutesFailedError, Attempt
 from ..probes.check import CheckSettings, RouteCheck, check_limit
 from ..probes.checker import ActiveChecker
+from ..probes.load_poll import LoadPoller
 from ..routing.balancer import Balancer
 from ..send._async.engine import AsyncEngine
 from ..send._sync.engine import SyncEngine
@@ -62,6 +63,7 @@ class ProviderBase:
             clock=clock,
             rng=rng,
             on_health=log_health_change,
+            load_max_age=config.load.max_age,
         )
         self._life = Lifecycle()
         sync_sender: SyncSender = HttpcoreSender() if transport is None else HttpxSender(transport)
@@ -89,6 +91,16 @@ class ProviderBase:
                 config.health.check_interval,
                 self._check_settings(),
             ).start()
+        self._poller: LoadPoller | None = None
+        poll_interval = config.load.polls(config.lb_policy)
+        if poll_interval > 0:
+            self._poller = LoadPoller(
+                list(config.routes.values()),
+                self.balancer,
+                self._engine.sender,
+                poll_interval,
+                min(_CHECK_TIMEOUT_MAX, config.timeout, max(poll_interval, 1.0)),
+            ).start()
         fork.track(self)
 
     def __repr__(self) -> str:
@@ -115,6 +127,8 @@ class ProviderBase:
         self._aengine.sender.fork_reset()
         if self._checker is not None and not self._life.closed:
             self._checker = self._checker.restarted()
+        if self._poller is not None and not self._life.closed:
+            self._poller = self._poller.restarted()
 
     def _check_settings(self, timeout: float | None = None) -> CheckSettings:
         """How a look at a route is made: ``timeout`` (else at most 5 s) per request."""

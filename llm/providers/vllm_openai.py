@@ -60,6 +60,8 @@ class VLLMOpenAIProvider(SyncAPI, AsyncAPI):
         self._life.wait_idle(timeout)
         if self._checker is not None:
             self._checker.stop()
+        if self._poller is not None:
+            self._poller.stop()
         self._engine.close()
 
     async def aclose(self, timeout: float = CLOSE_TIMEOUT) -> None:

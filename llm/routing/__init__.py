@@ -4,7 +4,7 @@ from .balancer import Balancer
 from .events import HealthChange, HealthListener
 from .health import RouteHealth, State
 from .plan import CallPlan, backoff_delay, plan_call
-from .policies import POLICIES, LeastLatency, Policy, RoundRobin
+from .policies import POLICIES, LeastLatency, LeastLoad, Policy, RoundRobin
 from .state import Pool, RouteState
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "HealthChange",
     "HealthListener",
     "LeastLatency",
+    "LeastLoad",
     "Policy",
     "Pool",
     "RoundRobin",

@@ -37,8 +37,9 @@ from ..config.model import serving
 from ..config.redact import Redactor
 from .events import HealthChange, HealthListener
 from .health import RouteHealth
-from .policies import POLICIES, LeastLatency, Policy, RoundRobin
-from .state import Pool, RouteState
+from .load import DEFAULT_MAX_AGE, record_report
+from .policies import POLICIES, LeastLatency, LeastLoad, Policy, RoundRobin
+from .state import WARMUP_SAMPLES, Pool, RouteState
 
 Clock = Callable[[], float]
 
@@ -56,8 +57,10 @@ class Balancer:
         clock: Clock = time.monotonic,
         rng: random.Random | None = None,
         on_health: HealthListener | None = None,
+        load_max_age: float = DEFAULT_MAX_AGE,
     ) -> None:
         self.health_config = health or HealthConfig()
+        self.load_max_age = load_max_age
         self.on_health = on_health
         self.clock = clock
         self.rng = rng or random.Random()
@@ -85,6 +88,9 @@ class Balancer:
             return LeastLatency(self.health_config.reprobe_interval)
         if policy == RoundRobin.name:
             return RoundRobin()
+        if policy == LeastLoad.name:
+            # draws of its own: the cooldowns' jitter does not move its choices
+            return LeastLoad(random.Random(self.rng.getrandbits(64)), self.load_max_age)
         raise ValueError(f"unknown lb_policy {policy!r}; known: {', '.join(sorted(POLICIES))}")
 
     # -- pools ---------------------------------------------------------------------------
@@ -185,9 +191,10 @@ class Balancer:
 
     # -- reporting -----------------------------------------------------------------------
 
-    def dispatch(self, route: RouteState) -> float:
-        """A request goes to ``route`` now; returns its start time for the reports (the clock's,
-        or a float step later when the route was ejected at this same clock reading)."""
+    def dispatch(self, route: RouteState, tokens: int = 0) -> float:
+        """A request asking for ``tokens`` goes to ``route`` now; returns its start time for
+        the reports (the clock's, or a float step later when the route was ejected at this
+        same clock reading). Every report of it gives the same ``tokens`` back."""
         lock = self.lock
         lock.acquire()
         try:
@@ -196,9 +203,21 @@ class Balancer:
                 route.busy_since = now
             route.in_flight += 1
             route.requests += 1
+            route.tokens_in_flight += tokens
+            for watcher in route.watchers:
+                watcher.loaded(route)
             return route.health.on_dispatch(now)
         finally:
             lock.release()
+
+    def _ended(self, route: RouteState, now: float, tokens: int) -> None:
+        """The bookkeeping of a request that ended, however (under the lock)."""
+        route.in_flight -= 1
+        route.done += 1
+        route.tokens_in_flight -= tokens
+        route.last_done = now
+        for watcher in route.watchers:
+            watcher.loaded(route)
 
     def succeeded(
         self,
@@ -206,25 +225,44 @@ class Balancer:
         started_at: float,
         latency: float | None = None,
         ttft: float | None = None,
+        tokens: int = 0,
+        *,
+        generated: int | None = None,
+        waiting: float | None = None,
+        kv_usage: float | None = None,
     ) -> None:
+        """The request answered well. ``latency`` (whole answer) and ``ttft`` (first token)
+        are its measurements; ``generated`` the tokens it produced in ``latency`` (less
+        ``ttft`` when both are known); ``waiting`` and ``kv_usage`` the server's ORCA load
+        report that came with it."""
         health = route.health
         lock = self.lock
         lock.acquire()
         try:
             now = self.clock()
-            route.in_flight -= 1
+            self._ended(route, now, tokens)
             route.successes += 1
-            route.last_done = now
             was_healthy = health.healthy
             health.on_success(started_at)
+            alpha = self.alpha
             if latency is not None:
+                n = route.latency_samples = route.latency_samples + 1
                 old = route.latency_ewma
-                route.latency_ewma = latency if old is None else old + self.alpha * (latency - old)
+                route.latency_ewma = _smoothed(old, latency, n, alpha)
+                if generated:  # a stream's tokens after its first one take latency - ttft
+                    if ttft is not None and generated > 1:
+                        per_token = (latency - ttft) / (generated - 1)
+                    else:
+                        per_token = latency / generated
+                    old = route.token_time
+                    route.token_time = per_token if old is None else old + alpha * (per_token - old)
             if ttft is not None:
-                old = route.ttft_ewma
-                route.ttft_ewma = ttft if old is None else old + self.alpha * (ttft - old)
+                n = route.ttft_samples = route.ttft_samples + 1
+                route.ttft_ewma = _smoothed(route.ttft_ewma, ttft, n, alpha)
             if latency is not None or ttft is not None:
                 route.last_sample_at = now
+            if waiting is not None:
+                record_report(route, now, waiting, None, kv_usage, "orca")
             for watcher in route.watchers:
                 watcher.changed(route, latency is not None, ttft is not None)
         finally:
@@ -239,12 +277,12 @@ class Balancer:
         reason: str,
         retry_after: float | None = None,
         loud: bool = False,
+        tokens: int = 0,
     ) -> None:
         with self.lock:
             now = self.clock()
-            route.in_flight -= 1
+            self._ended(route, now, tokens)
             route.failures += 1
-            route.last_done = now
             route.last_error = reason
             min_cooldown = retry_after or 0.0
             if retry_after is not None:
@@ -258,13 +296,12 @@ class Balancer:
             if ejected:
                 report(HealthChange("ejected", route.name, reason, until))
 
-    def finished(self, route: RouteState, started_at: float) -> None:
+    def finished(self, route: RouteState, started_at: float, tokens: int = 0) -> None:
         """The request ended without evidence about the route (a 400, a cancel)."""
         lock = self.lock
         lock.acquire()
         try:
-            route.in_flight -= 1
-            route.last_done = self.clock()
+            self._ended(route, self.clock(), tokens)
             route.health.on_neutral(started_at)
         finally:
             lock.release()
@@ -292,13 +329,37 @@ class Balancer:
             shown = None if reason is None else self.redact.text(reason)
             self.on_health(HealthChange("ejected", name, shown, until, by_check=True))
 
+    def observe_load(
+        self,
+        name: str,
+        waiting: float | None,
+        running: float | None,
+        kv_usage: float | None = None,
+    ) -> None:
+        """A load report of route ``name`` read now (its ``/metrics``; see ``load.py``)."""
+        route = self.routes[name]
+        with self.lock:
+            record_report(route, self.clock(), waiting, running, kv_usage, "metrics")
+
+    def in_use(self, idle: float) -> list[str]:
+        """The routes with a request in flight, or one ended in the last ``idle`` seconds."""
+        with self.lock:
+            since = self.clock() - idle
+            return [
+                name
+                for name, route in self.routes.items()
+                if route.in_flight or route.last_done >= since
+            ]
+
     def fork_reset(self) -> None:
         """In a forked child: a fresh lock (another thread of the parent may have held it),
         and nothing in flight (the parent's calls do not exist here). Health and latency
         are kept: they are still true of the routes."""
         self.lock = threading.Lock()
         for route in self.routes.values():
+            route.done += route.in_flight  # the parent's calls, as far as this child knows
             route.in_flight = 0
+            route.tokens_in_flight = 0
             route.health.trial_in_flight = 0
 
     # -- reading -------------------------------------------------------------------------
@@ -306,7 +367,17 @@ class Balancer:
     def stats(self) -> dict[str, dict[str, Any]]:
         with self.lock:
             now = self.clock()
-            return {name: r.snapshot(now) for name, r in self.routes.items()}
+            max_age = self.load_max_age
+            return {name: r.snapshot(now, max_age) for name, r in self.routes.items()}
+
+
+def _smoothed(old: float | None, sample: float, n: int, alpha: float) -> float:
+    """The EWMA after the n-th sample; during the warm-up, the least sample so far."""
+    if old is None:
+        return sample
+    if n <= WARMUP_SAMPLES:
+        return sample if sample < old else old
+    return old + alpha * (sample - old)
 
 
 def _ready_at(route: RouteState) -> float:

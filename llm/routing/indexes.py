@@ -31,20 +31,32 @@ from __future__ import annotations
 
 from collections.abc import Callable, Container, Sequence
 from heapq import heapify, heappop, heappush, heapreplace
-from operator import attrgetter
 from typing import Protocol
 
-from .state import RouteState
+from .state import WARMUP_SAMPLES, RouteState
 
 Entry = tuple[float, int, RouteState]
-_LATENCY: Callable[[RouteState], float | None] = attrgetter("latency_ewma")
-_TTFT: Callable[[RouteState], float | None] = attrgetter("ttft_ewma")
+
+
+def latency_cost(route: RouteState) -> float | None:
+    """Least latency's key: the latency EWMA times the calls in flight plus this one."""
+    ewma = route.latency_ewma
+    return None if ewma is None else ewma * (route.in_flight + 1)
+
+
+def ttft_cost(route: RouteState) -> float | None:
+    """The same for streams, with the time to first token."""
+    ewma = route.ttft_ewma
+    return None if ewma is None else ewma * (route.in_flight + 1)
 
 
 class Watcher(Protocol):
     """What the balancer tells a pool's index about one of its routes."""
 
     def changed(self, route: RouteState, latency: bool = False, ttft: bool = False) -> None: ...
+
+    def loaded(self, route: RouteState) -> None:
+        """Its count of calls in flight changed."""
 
 
 def usable(route: RouteState, now: float) -> bool:
@@ -87,6 +99,9 @@ class Parking:
         if route in self.parked:  # it may be usable now; if not, it is parked again on sight
             self.parked.discard(route)
             self.enter(route)
+
+    def loaded(self, route: RouteState) -> None:
+        pass
 
     def enter(self, route: RouteState) -> None:
         """Put ``route`` (back) into the index's heaps with its current keys."""
@@ -141,62 +156,73 @@ class DeadlineSchedule(Parking):
 
 
 class LatencyIndex(Parking):
-    """The routes of a pool by latency EWMA, by time to first token EWMA, and by when each
-    was last measured or re-probed, plus those not measured yet (for least latency)."""
+    """The routes of a pool by latency EWMA and by time to first token EWMA, each times the
+    calls in flight plus one (``latency_cost``, ``ttft_cost``), and by when each was last
+    measured or re-probed, plus those still warming up (for least latency)."""
 
     def __init__(self, routes: Sequence[RouteState]) -> None:
         super().__init__(routes)
         self.by_latency: list[Entry] = []
         self.by_ttft: list[Entry] = []
         self.by_since: list[Entry] = []
-        # routes without a measurement yet, in pool order
-        self.cold_latency = [r for r in self.routes if r.latency_ewma is None]
-        self.cold_ttft = [r for r in self.routes if r.ttft_ewma is None]
+        # routes still warming up (fewer than WARMUP_SAMPLES measurements), in pool order
+        self.cold_latency = [r for r in self.routes if r.latency_samples < WARMUP_SAMPLES]
+        self.cold_ttft = [r for r in self.routes if r.ttft_samples < WARMUP_SAMPLES]
         for route in self.routes:
             self.enter(route)
 
     def enter(self, route: RouteState) -> None:
-        position = self.position[route]
-        if route.latency_ewma is not None:
-            heappush(self.by_latency, (route.latency_ewma, position, route))
-        if route.ttft_ewma is not None:
-            heappush(self.by_ttft, (route.ttft_ewma, position, route))
+        self._push_costs(route)
         if route.latency_ewma is not None or route.ttft_ewma is not None:
-            heappush(self.by_since, (since(route), position, route))
+            heappush(self.by_since, (since(route), self.position[route], route))
+        self._bound()
 
     def changed(self, route: RouteState, latency: bool = False, ttft: bool = False) -> None:
-        if latency and route in self.cold_latency:
+        if latency and route.latency_samples >= WARMUP_SAMPLES and route in self.cold_latency:
             self.cold_latency.remove(route)
-        if ttft and route in self.cold_ttft:
+        if ttft and route.ttft_samples >= WARMUP_SAMPLES and route in self.cold_ttft:
             self.cold_ttft.remove(route)
         if route in self.parked:
             self.parked.discard(route)
             self.enter(route)
             return
-        position = self.position[route]
-        if latency and route.latency_ewma is not None:
-            self._push(self.by_latency, (route.latency_ewma, position, route))
-        if ttft and route.ttft_ewma is not None:
-            self._push(self.by_ttft, (route.ttft_ewma, position, route))
+        self._push_costs(route)
         if latency or ttft:
-            self.probed(route)
+            heappush(self.by_since, (since(route), self.position[route], route))
+        self._bound()
+
+    def loaded(self, route: RouteState) -> None:
+        if route in self.parked:
+            return  # it comes back with its current keys
+        self._push_costs(route)
+        self._bound()
 
     def probed(self, route: RouteState) -> None:
         """``last_probe_at`` or ``last_sample_at`` of ``route`` moved."""
-        self._push(self.by_since, (since(route), self.position[route], route))
+        heappush(self.by_since, (since(route), self.position[route], route))
+        self._bound()
 
-    def _push(self, heap: list[Entry], entry: Entry) -> None:
-        heappush(heap, entry)
-        if len(heap) > self.limit:
+    def _push_costs(self, route: RouteState) -> None:
+        position = self.position[route]
+        latency, ttft = latency_cost(route), ttft_cost(route)
+        if latency is not None:
+            heappush(self.by_latency, (latency, position, route))
+        if ttft is not None:
+            heappush(self.by_ttft, (ttft, position, route))
+
+    def _bound(self) -> None:
+        """Rebuild the heaps once one holds more than ``limit`` entries (stale ones)."""
+        limit = self.limit
+        if len(self.by_latency) > limit or len(self.by_ttft) > limit or len(self.by_since) > limit:
             self._rebuild()
 
     def _rebuild(self) -> None:
         """Every heap from the current keys of the routes not parked (drops stale entries)."""
         present = [(i, r) for i, r in enumerate(self.routes) if r not in self.parked]
         self.by_latency[:] = [
-            (r.latency_ewma, i, r) for i, r in present if r.latency_ewma is not None
+            (cost, i, r) for i, r in present if (cost := latency_cost(r)) is not None
         ]
-        self.by_ttft[:] = [(r.ttft_ewma, i, r) for i, r in present if r.ttft_ewma is not None]
+        self.by_ttft[:] = [(cost, i, r) for i, r in present if (cost := ttft_cost(r)) is not None]
         self.by_since[:] = [
             (since(r), i, r)
             for i, r in present
@@ -208,7 +234,7 @@ class LatencyIndex(Parking):
     def coldest(
         self, now: float, exclude: Container[RouteState], stream: bool
     ) -> RouteState | None:
-        """The usable route not measured yet with the fewest requests in flight (pool order
+        """The usable route still warming up with the fewest requests in flight (pool order
         on a tie), or None."""
         chosen: RouteState | None = None
         for route in self.cold_ttft if stream else self.cold_latency:
@@ -223,10 +249,11 @@ class LatencyIndex(Parking):
     def fastest(
         self, now: float, exclude: Container[RouteState], stream: bool
     ) -> RouteState | None:
-        """The usable route with the lowest EWMA (pool order on a tie), or None."""
+        """The usable route with the lowest EWMA times calls in flight plus one (pool order
+        on a tie), or None."""
         if stream:
-            return self._first(self.by_ttft, _TTFT, now, exclude, None)
-        return self._first(self.by_latency, _LATENCY, now, exclude, None)
+            return self._first(self.by_ttft, ttft_cost, now, exclude, None)
+        return self._first(self.by_latency, latency_cost, now, exclude, None)
 
     def stalest(
         self, now: float, exclude: Container[RouteState], fastest: RouteState

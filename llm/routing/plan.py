@@ -48,6 +48,7 @@ def plan_call(
     deadline: float,
     stream: bool = False,
     max_retries: int | None = None,
+    tokens: int = 0,
 ) -> CallPlan:
     """The plan of one call: ``route`` pinned, else ``model``'s pool then the fallback route.
 
@@ -65,8 +66,7 @@ def plan_call(
         found = balancer.pool(model)
         if found is None:
             raise NoRouteError(
-                f"no route serves model {model!r}; models served: "
-                + ", ".join(balancer.models())
+                f"no route serves model {model!r}; models served: " + ", ".join(balancer.models())
             )
         pool = found
         name = balancer.fallback_route
@@ -80,6 +80,7 @@ def plan_call(
         deadline=deadline,
         stream=stream,
         max_retries=max_retries,
+        tokens=tokens,
     )
 
 
@@ -106,6 +107,7 @@ class CallPlan:
         "started_at",
         "stream",
         "timeout",
+        "tokens",
         "tried",
     )
 
@@ -119,8 +121,10 @@ class CallPlan:
         deadline: float,
         stream: bool = False,
         max_retries: int | None = None,
+        tokens: int = 0,
     ) -> None:
         self.balancer = balancer
+        self.tokens = tokens  # max_tokens asked: counted in flight on the route of each attempt
         self.clock = balancer.clock
         self.pool = pool
         self.fallback = fallback
@@ -191,15 +195,34 @@ class CallPlan:
     def start(self, route: RouteState) -> float:
         self.tried.append(route)
         self.attempt_open = True
-        return self.balancer.dispatch(route)
+        return self.balancer.dispatch(route, self.tokens)
 
     def succeeded(
-        self, route: RouteState, started_at: float, latency: float | None, ttft: float | None = None
+        self,
+        route: RouteState,
+        started_at: float,
+        latency: float | None,
+        ttft: float | None = None,
+        *,
+        generated: int | None = None,
+        waiting: float | None = None,
+        kv_usage: float | None = None,
     ) -> None:
+        """The attempt answered well: its measurements, the tokens it generated and the
+        server's load report with it, if any (``Balancer.succeeded``)."""
         if not self.attempt_open:
             return
         self.attempt_open = False
-        self.balancer.succeeded(route, started_at, latency, ttft)
+        self.balancer.succeeded(
+            route,
+            started_at,
+            latency,
+            ttft,
+            self.tokens,
+            generated=generated,
+            waiting=waiting,
+            kv_usage=kv_usage,
+        )
         elapsed = self.clock() - started_at
         self.attempts.append(Attempt(route.name, "ok", None, None, elapsed))
 
@@ -221,7 +244,7 @@ class CallPlan:
         self.attempt_open = False
         self.balancer.redact.error(error)
         reason = _short(error) or type(error).__name__
-        self.balancer.failed(route, started_at, reason, retry_after, loud)
+        self.balancer.failed(route, started_at, reason, retry_after, loud, self.tokens)
         self._record(route, started_at, outcome, status_code, error)
 
     def finished(
@@ -238,7 +261,7 @@ class CallPlan:
         self.attempt_open = False
         if error is not None:
             self.balancer.redact.error(error)
-        self.balancer.finished(route, started_at)
+        self.balancer.finished(route, started_at, self.tokens)
         self._record(route, started_at, outcome, status_code, error)
 
     def _record(

@@ -15,28 +15,52 @@ times). Adding a policy is one class plus an entry in ``POLICIES``.
   schedule moved past it meanwhile: then it starts again half a turn after the last pick, so
   it does not catch up in a burst.
 - ``LeastLatency``: the route with the lowest EWMA of latency (time to first token for
-  streams). Routes with no measurement yet come first, least loaded first, so a cold start
-  spreads out instead of stampeding one route. A route other than the fastest whose last
-  measurement and last re-probe are both older than ``reprobe_interval`` is *stale*: it gets
-  one request, a re-probe, so a route that became fast wins its traffic back. When several
-  are stale, the one measured longest ago goes first (pool order on a tie). Re-probes are
-  held to a budget: a stale route is re-probed only once ``picks * probe_budget * f >= s - f``,
-  where ``picks`` counts the pool's picks since its last re-probe, ``f`` is the fastest
-  route's EWMA and ``s`` the stale one's; so re-probes add about ``probe_budget`` (10 %) at
-  most to the mean latency, whatever the rate. At a high rate the interval is what spaces
-  them, at a low rate the budget (without it, at one call every few seconds most calls were
-  re-probes of the slow routes). ``picks`` lives in the policy (``since_probe``, per pool).
+  streams) times its calls in flight plus one (Finagle's peak-EWMA rule: a route's latency
+  grows with its queue, and the EWMA only learns it when answers come back, so without the
+  factor every call of a burst went to the one route that looked fastest). Routes still
+  warming up (fewer than ``WARMUP_SAMPLES`` measurements, whose estimate is the least of
+  them so far) come first, least loaded first, but only while they have no call in flight
+  (or while no route is measured at all): so a cold start spreads out instead of stampeding
+  one route, one slow first answer does not bench a fast route, and a slow route does not
+  take every call while its first answers are slow to come back. A route other
+  than the fastest whose last measurement and last re-probe are both older than
+  ``reprobe_interval`` is *stale*: it gets one request, a re-probe, so a route that became
+  fast wins its traffic back. When several are stale, the one measured longest ago goes
+  first (pool order on a tie). Re-probes are held to a budget: a stale route is re-probed
+  only once ``picks * probe_budget * f >= s - f``, where ``picks`` counts the pool's picks
+  since its last re-probe, ``f`` is the fastest route's EWMA and ``s`` the stale one's; so
+  re-probes add about ``probe_budget`` (10 %) at most to the mean latency, whatever the
+  rate. At a high rate the interval is what spaces them, at a low rate the budget (without
+  it, at one call every few seconds most calls were re-probes of the slow routes). ``picks``
+  lives in the policy (``since_probe``, per pool).
+- ``LeastLoad``: power of two choices on the expected wait. Two distinct usable routes are
+  drawn at random and the one with the lower cost wins (the first drawn on a tie)::
 
-Neither scans the pool: ``indexes.py`` keeps its routes in heaps (by deadline; by latency, by
-time to first token and by last measurement), so a pick costs the same at 100 routes as at 2.
+      cost = (estimated load + 1) * seconds per generated token / weight
+
+  The load is the server's last report brought up to date with this client's own calls
+  (``load.estimated_load``), or just those when it reports nothing or its report is stale.
+  Seconds per token is each route's EWMA (``RouteState.token_time``); when one of the two
+  has none yet, both are compared by latency EWMA, and when one has neither, by load alone.
+  Two random choices instead of the least loaded of all: load information is always a
+  little old, and a whole fleet of clients choosing the argmin of old data herds onto one
+  route (Mitzenmacher), while the better of two random routes stays close to the best.
+
+Neither of the first two scans the pool: ``indexes.py`` keeps its routes in heaps (by
+deadline; by latency, by time to first token and by last measurement), so a pick costs the
+same at 100 routes as at 2; least load draws its two routes at random from a pool of more
+than ``SMALL`` routes (up to ``TRIES`` draws each, when some are ejected or excluded) and
+lists the usable ones only when that fails, or when the pool is small.
 """
 
 from __future__ import annotations
 
-from collections.abc import Container
+import random
+from collections.abc import Container, Sequence
 from typing import Protocol
 
 from .indexes import DeadlineSchedule, LatencyIndex, since, usable
+from .load import DEFAULT_MAX_AGE, estimated_load
 from .state import Pool, RouteState
 
 
@@ -96,14 +120,17 @@ class LeastLatency:
             index.release(now)
         since_probe = self.since_probe
         picks = since_probe.get(pool, 0)
+        cold = None
         if index.cold_ttft if stream else index.cold_latency:
             cold = index.coldest(now, exclude, stream)
-            if cold is not None:
+            if cold is not None and not cold.in_flight:  # one warm-up call at a time
                 since_probe[pool] = picks + 1
                 return cold
         best = index.fastest(now, exclude, stream)
-        if best is None:
-            return None
+        if best is None:  # nothing measured yet: spread over the routes warming up
+            if cold is not None:
+                since_probe[pool] = picks + 1
+            return cold
         stale = index.stalest(now, exclude, best)
         if stale is not best and since(stale) < now - self.reprobe_interval:
             best_score = (best.ttft_ewma if stream else best.latency_ewma) or 0.0
@@ -118,7 +145,68 @@ class LeastLatency:
         return best
 
 
-POLICIES: dict[str, type[RoundRobin] | type[LeastLatency]] = {
+TRIES = 8  # random draws for one usable route before least load lists the usable ones
+SMALL = 8  # a pool this small is listed at once (as cheap as drawing, and never misses)
+
+
+class LeastLoad:
+    name = "least_load"
+
+    def __init__(self, rng: random.Random, max_age: float = DEFAULT_MAX_AGE) -> None:
+        self.rng = rng
+        self.max_age = max_age
+
+    def choose(
+        self, pool: Pool, exclude: Container[RouteState], now: float, stream: bool
+    ) -> RouteState | None:
+        routes = pool.routes
+        first = second = None
+        if len(routes) > SMALL:
+            first = self._draw(routes, now, exclude, None)
+            second = None if first is None else self._draw(routes, now, exclude, first)
+        if first is None or second is None:  # few usable routes: draw among them
+            eligible = [route for route in routes if _open(route, now, exclude)]
+            if len(eligible) < 2:
+                return eligible[0] if eligible else None
+            randrange = self.rng.randrange
+            i = randrange(len(eligible))
+            j = randrange(len(eligible) - 1)
+            first, second = eligible[i], eligible[j + 1 if j >= i else j]
+        return second if self.cost(second, first, now) < self.cost(first, second, now) else first
+
+    def _draw(
+        self,
+        routes: Sequence[RouteState],
+        now: float,
+        exclude: Container[RouteState],
+        other_than: RouteState | None,
+    ) -> RouteState | None:
+        """A usable route drawn at random (not excluded, not ``other_than``): up to ``TRIES``
+        draws, so that a pool with some routes ejected costs a few more draws, not a scan."""
+        n = len(routes)
+        randrange = self.rng.randrange
+        for _ in range(TRIES):
+            route = routes[randrange(n)]
+            if route is not other_than and _open(route, now, exclude):
+                return route
+        return None
+
+    def cost(self, route: RouteState, other: RouteState, now: float) -> float:
+        """``route``'s expected wait, in units it shares with ``other``."""
+        load = estimated_load(route, now, self.max_age) + 1.0
+        if route.token_time is not None and other.token_time is not None:
+            return load * route.token_time / route.weight
+        if route.latency_ewma is not None and other.latency_ewma is not None:
+            return load * route.latency_ewma / route.weight
+        return load / route.weight
+
+
+def _open(route: RouteState, now: float, exclude: Container[RouteState]) -> bool:
+    return usable(route, now) and route not in exclude
+
+
+POLICIES: dict[str, type[RoundRobin] | type[LeastLatency] | type[LeastLoad]] = {
     RoundRobin.name: RoundRobin,
     LeastLatency.name: LeastLatency,
+    LeastLoad.name: LeastLoad,
 }

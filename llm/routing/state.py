@@ -13,9 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import RouteConfig
 from .health import RouteHealth
+from .load import DEFAULT_MAX_AGE, load_snapshot
 
 if TYPE_CHECKING:
     from .indexes import Watcher
+
+
+WARMUP_SAMPLES = 3
+"""A route's first measurements are a warm-up: its estimate is the least of them (one slow
+first answer, carrying the client's own setup, does not bench a fast route), and least latency
+treats it as not measured yet until it has this many."""
 
 
 class RouteState:
@@ -24,19 +31,33 @@ class RouteState:
     __slots__ = (
         "busy_since",
         "config",
+        "done",
         "failures",
         "health",
         "in_flight",
+        "kv_usage",
         "last_done",
         "last_error",
         "last_probe_at",
         "last_sample_at",
         "latency_ewma",
+        "latency_samples",
         "name",
+        "report_at",
+        "report_done",
+        "report_own",
+        "report_running",
+        "report_sent",
+        "report_source",
+        "report_waiting",
         "requests",
         "retry_after_until",
+        "running_at",
         "successes",
+        "token_time",
+        "tokens_in_flight",
         "ttft_ewma",
+        "ttft_samples",
         "watchers",
         "weight",
     )
@@ -59,11 +80,26 @@ class RouteState:
         self.watchers: tuple[Watcher, ...] = ()  # indexes of pools holding it (indexes.py)
         self.busy_since = float("-inf")  # when in_flight last went from 0 to 1
         self.last_done = float("-inf")  # when a request to it last ended, however
+        self.done = 0  # requests ended, however (``requests - done == in_flight``)
+        self.latency_samples = 0  # measurements taken (the first few are a warm-up)
+        self.ttft_samples = 0
+        self.tokens_in_flight = 0  # max_tokens asked by the requests in flight
+        self.token_time: float | None = None  # EWMA of seconds per generated token
+        # the server's last load report (load.py): what it said, when, and our counters then
+        self.report_waiting = 0.0
+        self.report_running: float | None = None
+        self.running_at = float("-inf")  # when ``report_running`` was reported
+        self.kv_usage: float | None = None
+        self.report_at = float("-inf")
+        self.report_sent = 0
+        self.report_done = 0
+        self.report_own = 0
+        self.report_source: str | None = None  # "orca" or "metrics"
 
     def __repr__(self) -> str:
         return f"<RouteState {self.name} {'healthy' if self.health.healthy else 'ejected'}>"
 
-    def snapshot(self, now: float) -> dict[str, Any]:
+    def snapshot(self, now: float, max_age: float = DEFAULT_MAX_AGE) -> dict[str, Any]:
         """Counters as plain data (for ``provider.stats()``); never includes secrets."""
         return {
             "route": self.name,
@@ -82,6 +118,9 @@ class RouteState:
             if not self.health.healthy
             else 0.0,
             "last_error": self.last_error,
+            "tokens_in_flight": self.tokens_in_flight,
+            "ms_per_token": _ms(self.token_time),
+            "load": load_snapshot(self, now, max_age),
         }
 
 

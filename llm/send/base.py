@@ -27,6 +27,7 @@ from ..call.spec import AnswerKind, BodyEncoder, CallSpec
 from ..config import LLMConfig, RouteConfig
 from ..errors import InvalidRequestError, InvalidResponseError
 from ..judge.answers import decode_answer
+from ..judge.load_report import parse_orca
 from ..judge.status import (
     RETRY_AFTER_STATUSES,
     Verdict,
@@ -42,6 +43,28 @@ from ..routing.state import RouteState
 from .failures import route_failure
 from .lifecycle import Lifecycle, closed_error
 from .protocols import AsyncAnswer, Request, SyncAnswer
+
+ORCA_REQUEST = "endpoint-load-metrics-format"
+ORCA_ANSWER = "endpoint-load-metrics"
+
+
+def asked_tokens(spec: CallSpec) -> int:
+    """The ``max_tokens`` (or ``max_completion_tokens``) a call asks for; 0 when it names
+    none (the load it adds is then counted in calls only)."""
+    body = spec.body
+    if not body:
+        return 0
+    asked = body.get("max_tokens")
+    if asked is None:
+        asked = body.get("max_completion_tokens")
+    return asked if type(asked) is int and asked > 0 else 0
+
+
+def generated_tokens(data: object) -> int | None:
+    """``usage.completion_tokens`` of a decoded answer, when it is a positive count."""
+    usage = data.get("usage") if isinstance(data, dict) else None
+    count = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    return count if type(count) is int and count > 0 else None
 
 
 class EngineBase:
@@ -60,6 +83,7 @@ class EngineBase:
         self.clock = clock
         self.life = life or Lifecycle()
         self.max_response_bytes = config.max_response_bytes
+        self.orca = config.load.asks_orca(config.lb_policy)  # ask for vLLM's load reports
         self._urls: dict[tuple[str, str], str] = {}
         self._headers: dict[str, dict[str, str]] = {}
 
@@ -73,6 +97,7 @@ class EngineBase:
             deadline=spec.deadline if spec.deadline is not None else config.deadline,
             stream=spec.stream,
             max_retries=spec.max_retries,
+            tokens=asked_tokens(spec),
         )
 
     def request_for(
@@ -86,6 +111,8 @@ class EngineBase:
         headers = self._headers.get(route.name)
         if headers is None:
             headers = self._headers[route.name] = route_headers(route)
+            if self.orca:
+                headers.setdefault(ORCA_REQUEST, "TEXT")
         if spec.headers:
             headers = {**headers, **spec.headers}
         connect_timeout = min(self.config.connect_timeout, timeout)
@@ -152,7 +179,19 @@ class EngineBase:
             data, problem = decode_answer(content, expect)
             if problem is None:
                 latency = self.clock() - started
-                plan.succeeded(route, started, latency)
+                waiting = kv_usage = None
+                if self.orca and (orca := headers.get(ORCA_ANSWER)) is not None:
+                    report = parse_orca(orca)
+                    if report is not None:
+                        waiting, kv_usage = report.waiting, report.kv_usage
+                plan.succeeded(
+                    route,
+                    started,
+                    latency,
+                    generated=generated_tokens(data),
+                    waiting=waiting,
+                    kv_usage=kv_usage,
+                )
                 return Reply(route.name, status, headers, content, data, plan.attempts, latency)
             invalid = InvalidResponseError(f"HTTP {status} with {problem}", route=route.name)
             plan.failed(route, started, invalid, "invalid_response", status_code=status)

@@ -72,6 +72,7 @@ class SyncStream:
         self.route = route.name
         self.attempts = plan.attempts
         self.ttft_s: float | None = None
+        self._seen = 0  # events read: about one per generated token (vLLM sends one a chunk)
         self.status_code = answer.status_code
         self.headers = answer.headers
 
@@ -83,6 +84,7 @@ class SyncStream:
             for chunk in self._raw:
                 self._chunks.append(chunk)
                 events = events_of(decoder, chunk, self.route, self._kind)
+                self._seen += len(events)
                 self._events.extend(events)
                 if any(carries_payload(event) for event in events):
                     self.ttft_s = clock() - started
@@ -134,6 +136,7 @@ class SyncStream:
                         "stream ended without [DONE]", route=route
                     ) from None
                 events = events_of(decoder, chunk, route, self._kind)
+                self._seen += len(events)
                 if self.ttft_s is None and any(carries_payload(e) for e in events):
                     self.ttft_s = self._clock() - self._started
                 self.piece = chunk
@@ -162,7 +165,9 @@ class SyncStream:
 
     def _succeed(self) -> None:
         latency = self._clock() - self._started
-        self._plan.succeeded(self._route, self._started, latency, self.ttft_s)
+        # the events less the first (the role) and the last (usage, or a finish reason)
+        generated = self._seen - 2 if self._seen > 3 else 1
+        self._plan.succeeded(self._route, self._started, latency, self.ttft_s, generated=generated)
 
     def _fail(self, error: RouteError, outcome: str) -> None:
         self._plan.failed(self._route, self._started, error, outcome)

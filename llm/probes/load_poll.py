@@ -1,0 +1,123 @@
+"""vLLM's ``/metrics`` load gauges, polled in the background for the routes in use.
+
+How this works
+--------------
+A streamed answer carries no load report, so the routes' own word on their queues comes from
+``GET /metrics`` (``vllm:num_requests_running``, ``vllm:num_requests_waiting``,
+``vllm:kv_cache_usage_perc``; parsed by ``judge.load_report.parse_metrics``). A daemon thread
+reads it every ``interval`` seconds, jittered by ±20 % so that many app replicas started
+together do not poll in step, for each route that had a call in the last ``IDLE`` seconds
+(a route nobody uses needs no load figures; its first call is decided by its own in-flight
+count). The routes are read at once, a thread each (at most 8), each read held to
+``timeout`` seconds and ``CHECK_LIMIT`` bytes like an active check; a read that fails, or a
+text with no load gauge in it (a server other than vLLM), leaves the route's load to this
+client's own counts (``routing.load``). A poll never touches a route's health: a server
+whose ``/metrics`` is slow or missing may still answer calls well.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from ..call.headers import route_headers
+from ..config import RouteConfig
+from ..judge.load_report import LoadReport, parse_metrics
+from ..routing.balancer import Balancer
+from ..send._sync.read import read_body
+from ..send.protocols import Request, SyncSender
+from .check import CHECK_LIMIT
+
+IDLE = 60.0  # seconds without a call after which a route is not polled
+JITTER = 0.2
+_MAX_THREADS = 8
+
+
+def poll_route(
+    sender: SyncSender, route: RouteConfig, timeout: float, limit: int = CHECK_LIMIT
+) -> LoadReport | None:
+    """The load ``route``'s ``/metrics`` reports now, or None (no answer, not vLLM's)."""
+    headers = route_headers(route)
+    clock = time.perf_counter
+    started = clock()
+    try:
+        with sender.bounded(timeout, False):
+            url = route.server_url + "/metrics"
+            answer = sender.send(Request(route, "GET", url, headers, None, *(timeout,) * 3))
+            try:
+                if answer.status_code != 200:
+                    return None
+                body = read_body(answer, route.name, limit, clock, started, timeout)
+            finally:
+                answer.close()
+    except Exception:  # noqa: BLE001 - a poll is advice: its failure only means no report
+        return None
+    return parse_metrics(body, route.model)
+
+
+class LoadPoller:
+    """The background thread that keeps the balancer's load reports fresh."""
+
+    def __init__(
+        self,
+        routes: Sequence[RouteConfig],
+        balancer: Balancer,
+        sender: SyncSender,
+        interval: float,
+        timeout: float,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.routes = list(routes)
+        self.balancer = balancer
+        self.sender = sender
+        self.interval = interval
+        self.timeout = timeout
+        self.rng = rng or random.Random()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="llm-routes-load", daemon=True)
+
+    def restarted(self) -> LoadPoller:
+        """A poller like this one, running (in a forked child)."""
+        return LoadPoller(
+            self.routes, self.balancer, self.sender, self.interval, self.timeout
+        ).start()
+
+    def start(self) -> LoadPoller:
+        self._thread.start()
+        return self
+
+    def in_use(self) -> list[RouteConfig]:
+        """The routes with a call in flight or ended in the last ``IDLE`` seconds."""
+        names = set(self.balancer.in_use(IDLE))
+        return [route for route in self.routes if route.name in names]
+
+    def run_once(self) -> int:
+        """Poll the routes in use once; the number of load reports taken."""
+        routes = self.in_use()
+        if not routes:
+            return 0
+        with ThreadPoolExecutor(max_workers=min(_MAX_THREADS, len(routes))) as pool:
+            reports = list(pool.map(self._poll, routes))
+        taken = 0
+        for route, report in zip(routes, reports, strict=True):
+            if report is not None:
+                self.balancer.observe_load(
+                    route.name, report.waiting, report.running, report.kv_usage
+                )
+                taken += 1
+        return taken
+
+    def _poll(self, route: RouteConfig) -> LoadReport | None:
+        return poll_route(self.sender, route, self.timeout)
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self.interval * (1 + JITTER * (2 * self.rng.random() - 1))):
+            self.run_once()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.timeout + 1.0)
