@@ -265,3 +265,43 @@ def test_least_load_is_a_known_policy_and_a_typo_lists_it() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config({"llm": {"routes": routes(), "lb_policy": "least_loaded"}})
     assert "least_load" in str(info.value)
+
+
+def test_a_route_without_metrics_is_polled_less_and_less_and_again_once_it_reports() -> None:
+    metrics_ok = False
+
+    async def script(request: RawRequest, writer: asyncio.StreamWriter) -> None:
+        if request.path == "/metrics":
+            if metrics_ok:
+                body = b'vllm:num_requests_waiting{engine="0",model_name="m"} 2.0\n'
+                writer.write(response_head(200, [("content-type", "text/plain")], len(body)))
+                writer.write(body)
+            else:
+                await answer({"detail": "Not Found"}, status=404)(request, writer)
+        else:
+            await answer(chat_answer("hi"))(request, writer)
+
+    with RawServer(script) as server:
+        provider = provider_for({"a": server.base_url}, load={"poll_interval": 0})
+        provider.chat(MESSAGES)  # the route is in use
+        poller = LoadPoller(
+            list(provider.config.routes.values()),
+            provider.balancer,
+            provider._engine.sender,
+            interval=1.0,
+            timeout=2.0,
+        )
+
+        def polls() -> int:
+            return sum(1 for r in server.requests if r.path == "/metrics")
+
+        rounds = [poller.run_once() for _ in range(20)]
+        assert rounds == [0] * 20
+        assert polls() == 4  # rounds 1, 3, 7 and 15: every 2, 4, 8, 16 rounds
+        metrics_ok = True
+        before = polls()
+        taken = [poller.run_once() for _ in range(20)]
+        # the next read is due at round 31 (15 + 16), then every round again
+        assert sum(taken) == 10 and polls() - before == 10
+        assert provider.stats()["a"]["load"]["reported_waiting"] == 2.0
+        provider.close()

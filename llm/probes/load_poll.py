@@ -11,8 +11,10 @@ together do not poll in step, for each route that had a call in the last ``IDLE`
 count). The routes are read at once, a thread each (at most 8), each read held to
 ``timeout`` seconds and ``CHECK_LIMIT`` bytes like an active check; a read that fails, or a
 text with no load gauge in it (a server other than vLLM), leaves the route's load to this
-client's own counts (``routing.load``). A poll never touches a route's health: a server
-whose ``/metrics`` is slow or missing may still answer calls well.
+client's own counts (``routing.load``), and the route is polled less often after each such
+miss in a row (every 2, 4, 8 ... rounds, at most every ``MAX_SKIP`` rounds): a server without
+``/metrics`` costs a request a minute, not one a second. A poll never touches a route's
+health: a server whose ``/metrics`` is slow or missing may still answer calls well.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from ..send.protocols import Request, SyncSender
 from .check import CHECK_LIMIT
 
 IDLE = 60.0  # seconds without a call after which a route is not polled
+MAX_SKIP = 60  # rounds: how rarely a route that keeps giving no report is still polled
 JITTER = 0.2
 _MAX_THREADS = 8
 
@@ -76,6 +79,8 @@ class LoadPoller:
         self.interval = interval
         self.timeout = timeout
         self.rng = rng or random.Random()
+        self._misses: dict[str, int] = {}  # reads in a row that gave no report
+        self._wait: dict[str, int] = {}  # rounds to skip before the next read
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="llm-routes-load", daemon=True)
 
@@ -94,20 +99,35 @@ class LoadPoller:
         names = set(self.balancer.in_use(IDLE))
         return [route for route in self.routes if route.name in names]
 
+    def due(self) -> list[RouteConfig]:
+        """The routes in use whose turn it is (a route that gave no report waits longer)."""
+        routes = []
+        wait = self._wait
+        for route in self.in_use():
+            left = wait.get(route.name, 0)
+            if left > 0:
+                wait[route.name] = left - 1
+            else:
+                routes.append(route)
+        return routes
+
     def run_once(self) -> int:
-        """Poll the routes in use once; the number of load reports taken."""
-        routes = self.in_use()
+        """Poll the routes due once; the number of load reports taken."""
+        routes = self.due()
         if not routes:
             return 0
         with ThreadPoolExecutor(max_workers=min(_MAX_THREADS, len(routes))) as pool:
             reports = list(pool.map(self._poll, routes))
         taken = 0
         for route, report in zip(routes, reports, strict=True):
-            if report is not None:
-                self.balancer.observe_load(
-                    route.name, report.waiting, report.running, report.kv_usage
-                )
-                taken += 1
+            name = route.name
+            if report is None:
+                misses = self._misses[name] = self._misses.get(name, 0) + 1
+                self._wait[name] = min(2 ** min(misses, 8), MAX_SKIP) - 1
+                continue
+            self._misses.pop(name, None)
+            self.balancer.observe_load(name, report.waiting, report.running, report.kv_usage)
+            taken += 1
         return taken
 
     def _poll(self, route: RouteConfig) -> LoadReport | None:
