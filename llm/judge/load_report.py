@@ -78,7 +78,8 @@ MAX_METRIC_LINES = 8192  # more lines of the five series than any real server se
 MAX_METRIC_CHARS = 1024 * 1024  # ... or more characters in them
 
 
-@dataclass(frozen=True, slots=True)
+# not frozen: a frozen dataclass is slow to make (half of parse_orca), and answers make many
+@dataclass(slots=True)
 class LoadReport:
     """What a server says about its load; None where it said nothing usable."""
 
