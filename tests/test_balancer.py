@@ -313,6 +313,7 @@ def test_stats_snapshot_shows_state_transitions(
         "reported_waiting": None,
         "reported_running": None,
         "kv_cache_usage": None,
+        "slots": None,
         "report_source": None,
         "report_age_s": None,
         "report_fresh": False,

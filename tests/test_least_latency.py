@@ -215,7 +215,12 @@ class Recording(LeastLatency):
         self.seen: list[tuple[float, int]] = []
 
     def choose(
-        self, pool: Pool, exclude: Container[RouteState], now: float, stream: bool
+        self,
+        pool: Pool,
+        exclude: Container[RouteState],
+        now: float,
+        stream: bool,
+        tokens: int = 0,
     ) -> RouteState | None:
         self.seen.append((now, sum(r.in_flight for r in pool.routes)))
         return super().choose(pool, exclude, now, stream)

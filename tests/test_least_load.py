@@ -223,6 +223,30 @@ def test_slow_routes_are_seldom_drawn_so_a_slow_pair_seldom_takes_a_call() -> No
     assert 0.025 <= picks["c"] / 6000 <= 0.055  # 0.038 expected; uniform draws: 0.167
 
 
+def test_a_long_call_takes_a_fast_route_with_a_free_slot_and_a_short_one_overflows() -> None:
+    """vLLM runs 8 calls at once here (it said so: 8 running). A fast route (10 ms a token)
+    with 6 calls has free slots: a call there waits for none of them. An idle route four
+    times slower takes a long call four times as long, so the fast one gets it; only when
+    the fast route is full and has a queue does a short call go to the slow one."""
+    clock = FakeClock(10.0)
+    balancer = balancer_of("fast", "slow", clock=clock)
+    fast, slow = balancer.routes["fast"], balancer.routes["slow"]
+    balancer.succeeded(fast, balancer.dispatch(fast), 1.0, generated=100)
+    balancer.succeeded(slow, balancer.dispatch(slow), 4.0, generated=100)
+    pool = balancer.pool("m")
+    assert pool is not None
+    balancer.observe_load("fast", waiting=0.0, running=8.0)  # it has 8 slots
+    balancer.observe_load("fast", waiting=0.0, running=6.0)  # 6 calls now
+    balancer.observe_load("slow", waiting=0.0, running=0.0)
+    assert balancer.pick(pool, tokens=160) is fast  # 160 x 0.01 < 160 x 0.04
+    assert balancer.pick(pool, tokens=16) is fast
+    # full, and 8 more waiting: (8 + 1) / 8 of a mean call ahead of it
+    balancer.observe_load("fast", waiting=8.0, running=8.0)
+    assert balancer.pick(pool, tokens=16) is slow  # (16 + 72) x 0.01 > 16 x 0.04
+    assert balancer.pick(pool, tokens=160) is fast  # (160 + 72) x 0.01 < 160 x 0.04
+    assert balancer.stats()["fast"]["load"]["slots"] == 8.0
+
+
 def test_weights_divide_the_cost() -> None:
     clock = FakeClock(10.0)
     balancer = balancer_of("a", "b", clock=clock, weight_a=3.0)
@@ -283,7 +307,13 @@ def test_the_policy_is_made_from_the_config_name() -> None:
 
 
 def expected_pick(
-    routes: list[RouteState], exclude: set[RouteState], now: float, rng: random.Random
+    routes: list[RouteState],
+    exclude: set[RouteState],
+    now: float,
+    rng: random.Random,
+    asked: float = 64.0,
+    mean: float = 64.0,
+    slots: dict[str, float] | None = None,
 ) -> RouteState | None:
     """policies.py, LeastLoad, written out again: in a pool of more than 8 routes, two
     distinct usable routes, each drawn with up to 8 draws on the pool (the second one other
@@ -326,12 +356,16 @@ def expected_pick(
     first, second = pair
 
     def cost(route: RouteState, other: RouteState) -> float:
-        load = estimated_load(route, now, 3.0) + 1
+        # the call's own tokens, plus the mean call's share of the load beyond the slots
+        known = slots or {}
+        room = max(known.get(route.name, 0.0), known.get(other.name, 0.0), 1.0)
+        beyond = estimated_load(route, now, 3.0) + 1 - room
+        tokens = asked + (beyond * mean / room if beyond > 0 else 0.0)
         if route.token_time is not None and other.token_time is not None:
-            return load * route.token_time / route.weight
+            return tokens * route.token_time / route.weight
         if route.latency_ewma is not None and other.latency_ewma is not None:
-            return load * route.latency_ewma / route.weight
-        return load / route.weight
+            return tokens * route.latency_ewma / route.weight
+        return tokens / route.weight
 
     return second if cost(second, first) < cost(first, second) else first
 
@@ -353,6 +387,8 @@ class LeastLoadMachine(RuleBasedStateMachine):
         self.balancer: Balancer | None = None
         self.twin = random.Random()
         self.in_flight: list[tuple[RouteState, float, int]] = []
+        self.mean = 64.0  # the policy's moving average of the max_tokens asked
+        self.slots: dict[str, float] = {}  # the most each route reported running
 
     @rule(
         n=st.sampled_from([2, 3, 5, 9, 12]),
@@ -373,7 +409,7 @@ class LeastLoadMachine(RuleBasedStateMachine):
         )
         self.twin = random.Random(random.Random(seed).getrandbits(64))  # the policy's own
 
-    @rule(exclude_one=st.booleans(), which=st.integers(0, 11), tokens=st.integers(0, 64))
+    @rule(exclude_one=st.booleans(), which=st.integers(0, 11), tokens=st.integers(0, 300))
     def pick_and_send(self, exclude_one: bool, which: int, tokens: int) -> None:
         balancer = self.balancer
         if balancer is None:
@@ -382,8 +418,13 @@ class LeastLoadMachine(RuleBasedStateMachine):
         assert pool is not None
         routes = list(pool.routes)
         exclude = {routes[which % len(routes)]} if exclude_one else set()
-        expected = expected_pick(routes, exclude, self.clock(), self.twin)
-        chosen = balancer.pick(pool, exclude)
+        asked = float(tokens) if tokens else self.mean
+        expected = expected_pick(
+            routes, exclude, self.clock(), self.twin, asked, self.mean, self.slots
+        )
+        if tokens:
+            self.mean += 0.05 * (tokens - self.mean)
+        chosen = balancer.pick(pool, exclude, tokens=tokens)
         assert chosen is expected
         if chosen is not None:
             self.in_flight.append((chosen, balancer.dispatch(chosen, tokens), tokens))
@@ -414,7 +455,9 @@ class LeastLoadMachine(RuleBasedStateMachine):
         if balancer is None:
             return
         names = list(balancer.routes)
-        balancer.observe_load(names[which % len(names)], waiting, running)
+        name = names[which % len(names)]
+        balancer.observe_load(name, waiting, running)
+        self.slots[name] = max(self.slots.get(name, 0.0), running)
 
     @rule(seconds=st.sampled_from([0.0, 0.1, 1.0, 2.5, 6.0]))
     def advance(self, seconds: float) -> None:

@@ -103,7 +103,7 @@ def test_the_scan_the_indexes_replaced_would_have_looked_at_every_route() -> Non
         name = "scan"
 
         def choose(
-            self, pool: Pool, exclude: object, now: float, stream: bool
+            self, pool: Pool, exclude: object, now: float, stream: bool, tokens: int = 0
         ) -> RouteState | None:
             usable = [r for r in pool.routes if r.health.healthy]
             return usable[0] if usable else None

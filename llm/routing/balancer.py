@@ -127,16 +127,21 @@ class Balancer:
     # -- picking -------------------------------------------------------------------------
 
     def pick(
-        self, pool: Pool, exclude: Container[RouteState] = (), stream: bool = False
+        self,
+        pool: Pool,
+        exclude: Container[RouteState] = (),
+        stream: bool = False,
+        tokens: int = 0,
     ) -> RouteState | None:
-        """An available route of ``pool`` not in ``exclude``, chosen by the policy, or None."""
+        """An available route of ``pool`` not in ``exclude``, chosen by the policy, or None
+        (``tokens``: the call's ``max_tokens``, 0 when unknown)."""
         lock = self.lock
         lock.acquire()
         try:
             now = self.clock()
-            route = self.policy.choose(pool, exclude, now, stream)
+            route = self.policy.choose(pool, exclude, now, stream, tokens)
             if route is not None and route.in_flight and self._stalled(route, now, pool):
-                return self._instead_of_stalled(route, pool, exclude, now, stream)
+                return self._instead_of_stalled(route, pool, exclude, now, stream, tokens)
             return route
         finally:
             lock.release()
@@ -166,12 +171,13 @@ class Balancer:
         exclude: Container[RouteState],
         now: float,
         stream: bool,
+        tokens: int = 0,
     ) -> RouteState:
         """Another choice of the policy that is not stalled; the stalled one if there is none
         (a stalled route is slow to answer, not known to be down: it is not ejected)."""
         skipped = {stalled}
         avoid = _Either(exclude, skipped)
-        while (other := self.policy.choose(pool, avoid, now, stream)) is not None:
+        while (other := self.policy.choose(pool, avoid, now, stream, tokens)) is not None:
             if not self._stalled(other, now, pool):
                 return other
             skipped.add(other)

@@ -55,6 +55,8 @@ def record_report(
     if running is not None:
         route.report_running = running
         route.running_at = now
+        if running > route.slots:
+            route.slots = running
     if kv_usage is not None and 0.0 <= kv_usage <= 1.0:
         route.kv_usage = kv_usage
     route.report_at = now
@@ -92,6 +94,7 @@ def load_snapshot(
         "reported_waiting": route.report_waiting if route.report_source else None,
         "reported_running": route.report_running,
         "kv_cache_usage": route.kv_usage,
+        "slots": route.slots or None,
         "report_source": route.report_source,
         "report_age_s": round(age, 3) if math.isfinite(age) else None,
         "report_fresh": fresh,

@@ -153,7 +153,7 @@ class CallPlan:
             return None
         balancer = self.balancer
         tried = self.tried
-        route = balancer.pick(self.pool, tried, self.stream)
+        route = balancer.pick(self.pool, tried, self.stream, self.tokens)
         fallback = self.fallback
         if route is None and fallback is not None and fallback.routes[0] not in tried:
             route = balancer.pick(fallback, (), self.stream)

@@ -1,6 +1,7 @@
 """Load-balancing policies: given a pool, choose one eligible route.
 
-A policy is any object with ``name`` and ``choose(pool, exclude, now, stream)``; it returns a
+A policy is any object with ``name`` and ``choose(pool, exclude, now, stream, tokens)``
+(``tokens``: the call's ``max_tokens``, 0 when it names none); it returns a
 route of ``pool`` that is available (healthy or free for a trial) and not in ``exclude``, or
 None when there is none. Policies are called under the balancer's lock and may keep state in
 the pool (the round-robin cursor, an index of its routes) and in the route records (probe
@@ -73,7 +74,12 @@ class Policy(Protocol):
     name: str
 
     def choose(
-        self, pool: Pool, exclude: Container[RouteState], now: float, stream: bool
+        self,
+        pool: Pool,
+        exclude: Container[RouteState],
+        now: float,
+        stream: bool,
+        tokens: int = 0,
     ) -> RouteState | None: ...
 
 
@@ -81,7 +87,12 @@ class RoundRobin:
     name = "round_robin"
 
     def choose(
-        self, pool: Pool, exclude: Container[RouteState], now: float, stream: bool
+        self,
+        pool: Pool,
+        exclude: Container[RouteState],
+        now: float,
+        stream: bool,
+        tokens: int = 0,
     ) -> RouteState | None:
         if pool.weighted:
             schedule = pool.index
@@ -113,7 +124,12 @@ class LeastLatency:
         self.since_probe: dict[Pool, int] = {}
 
     def choose(
-        self, pool: Pool, exclude: Container[RouteState], now: float, stream: bool
+        self,
+        pool: Pool,
+        exclude: Container[RouteState],
+        now: float,
+        stream: bool,
+        tokens: int = 0,
     ) -> RouteState | None:
         index = pool.index
         if not isinstance(index, LatencyIndex):
@@ -160,9 +176,15 @@ class LeastLoad:
     def __init__(self, rng: random.Random, max_age: float = DEFAULT_MAX_AGE) -> None:
         self.rng = rng
         self.max_age = max_age
+        self.mean_tokens = 64.0  # moving average of the max_tokens calls ask for
 
     def choose(
-        self, pool: Pool, exclude: Container[RouteState], now: float, stream: bool
+        self,
+        pool: Pool,
+        exclude: Container[RouteState],
+        now: float,
+        stream: bool,
+        tokens: int = 0,
     ) -> RouteState | None:
         routes = pool.routes
         first = second = None
@@ -174,7 +196,11 @@ class LeastLoad:
             if len(eligible) < 2:
                 return eligible[0] if eligible else None
             first, second = self._pair_by_speed(eligible)
-        return second if self.cost(second, first, now) < self.cost(first, second, now) else first
+        asked = float(tokens) if tokens > 0 else self.mean_tokens
+        if tokens > 0:
+            self.mean_tokens += 0.05 * (tokens - self.mean_tokens)
+        cheaper = self.cost(second, first, now, asked) < self.cost(first, second, now, asked)
+        return second if cheaper else first
 
     def _pair_by_speed(self, eligible: list[RouteState]) -> tuple[RouteState, RouteState]:
         """Two distinct routes of ``eligible``, each drawn in proportion to its speed times its
@@ -204,14 +230,21 @@ class LeastLoad:
                 return route
         return None
 
-    def cost(self, route: RouteState, other: RouteState, now: float) -> float:
-        """``route``'s expected wait, in units it shares with ``other``."""
-        load = estimated_load(route, now, self.max_age) + 1.0
+    def cost(self, route: RouteState, other: RouteState, now: float, asked: float) -> float:
+        """How long a call asking for ``asked`` tokens would take on ``route``, in units it
+        shares with ``other``: the wait for a free slot plus its own tokens, at the route's
+        seconds per token. vLLM runs up to ``slots`` calls at once (the most it ever reported
+        running; 1 when it never said), so a call waits only for the load beyond them, each
+        of those a mean call's worth of tokens shared among the slots."""
+        load = estimated_load(route, now, self.max_age)
+        slots = max(route.slots, other.slots, 1.0)
+        beyond = load + 1.0 - slots
+        tokens = asked + (beyond * self.mean_tokens / slots if beyond > 0 else 0.0)
         if route.token_time is not None and other.token_time is not None:
-            return load * route.token_time / route.weight
+            return tokens * route.token_time / route.weight
         if route.latency_ewma is not None and other.latency_ewma is not None:
-            return load * route.latency_ewma / route.weight
-        return load / route.weight
+            return tokens * route.latency_ewma / route.weight
+        return tokens / route.weight
 
 
 def _speeds(routes: Sequence[RouteState]) -> list[float]:

@@ -53,6 +53,7 @@ class RouteState:
         "requests",
         "retry_after_until",
         "running_at",
+        "slots",
         "successes",
         "token_time",
         "tokens_in_flight",
@@ -89,6 +90,7 @@ class RouteState:
         self.report_waiting = 0.0
         self.report_running: float | None = None
         self.running_at = float("-inf")  # when ``report_running`` was reported
+        self.slots = 0.0  # the most requests it ever reported running (vLLM's max_num_seqs)
         self.kv_usage: float | None = None
         self.report_at = float("-inf")
         self.report_sent = 0
