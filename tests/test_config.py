@@ -125,7 +125,8 @@ def test_repo_config_yaml_loads() -> None:
     assert list(config.routes) == ["gpt20_a", "gpt20_b", "tiny_qwen"]
     assert all("127.0.0.1" in r.base_url for r in config.routes.values())
     assert config.fallback_route == "tiny_qwen"
-    assert config.lb_policy == "least_latency"
+    assert config.lb_policy == "least_load"
+    assert config.load.polls(config.lb_policy) == 1.0 and config.load.max_age == 3.0
     assert config.pool() == ("gpt20_a", "gpt20_b")
 
 

@@ -11,6 +11,8 @@ the two servers, non-streamed or streamed, and reads every answer the way an app
 - ``aiohttp``: a raw ``aiohttp.ClientSession`` (the floor for async), 64 calls in flight;
 - ``httpx-async``: a raw ``httpx.AsyncClient``, 64 in flight;
 - ``provider-async``: ``achat_completion`` / ``astream_events`` over both routes, 64 in flight;
+- ``provider-async-load``: the same under ``least_load``, load reports on (the ORCA header
+  asked for and read on every answer, ``/metrics`` polled every second);
 - ``openai-async``: the OpenAI SDK's ``AsyncOpenAI`` (when installed), 64 in flight;
 - ``litellm-router``: LiteLLM's ``Router.acompletion`` over both servers as two deployments
   (when litellm is installed; ``pip install litellm`` adds it), 64 in flight, retries off,
@@ -57,7 +59,14 @@ TOKENS = 16
 ASYNC_IN_FLIGHT = 64
 SYNC_THREADS = 16
 MESSAGES = [{"role": "user", "content": "hello"}]
-ASYNC_CLIENTS = ("aiohttp", "httpx-async", "provider-async", "openai-async", "litellm-router")
+ASYNC_CLIENTS = (
+    "aiohttp",
+    "httpx-async",
+    "provider-async",
+    "provider-async-load",
+    "openai-async",
+    "litellm-router",
+)
 OPTIONAL = {"openai-async": "openai", "litellm-router": "litellm"}  # client -> the package
 SLOW_CLIENTS = ("httpx-async", "litellm-router")  # a quarter of the calls is plenty
 SYNC_CLIENTS = ("httpx-sync", "provider-sync")
@@ -183,14 +192,18 @@ async def _httpx_async_client(urls: Sequence[str], model: str, stream: bool) -> 
     return call, client.aclose
 
 
-def _provider(servers: Sequence[FakeProcess]) -> VLLMOpenAIProvider:
+def _provider(servers: Sequence[FakeProcess], policy: str = "round_robin") -> VLLMOpenAIProvider:
     routes = {s.name: {"base_url": s.base_url, "model": s.model} for s in servers}
-    config = {"llm": {"routes": routes, "params": {"max_tokens": TOKENS}}}
-    return VLLMOpenAIProvider(parse_config(config, environ={}))
+    llm = {"routes": routes, "params": {"max_tokens": TOKENS}, "lb_policy": policy}
+    if policy == "least_load":
+        llm["load"] = {"poll_interval": 1.0, "orca": True}
+    return VLLMOpenAIProvider(parse_config({"llm": llm}, environ={}))
 
 
-async def _provider_async_client(servers: Sequence[FakeProcess], stream: bool) -> Any:
-    provider = _provider(servers)
+async def _provider_async_client(
+    servers: Sequence[FakeProcess], stream: bool, policy: str = "round_robin"
+) -> Any:
+    provider = _provider(servers, policy)
 
     async def call(number: int) -> tuple[float, float | None]:
         began = time.perf_counter()
@@ -412,6 +425,7 @@ def run_client(
         "aiohttp": lambda: _aiohttp_client(urls, model, stream),
         "httpx-async": lambda: _httpx_async_client(urls, model, stream),
         "provider-async": lambda: _provider_async_client(servers, stream),
+        "provider-async-load": lambda: _provider_async_client(servers, stream, "least_load"),
         "openai-async": lambda: _openai_async_client(urls, model, stream),
         "litellm-router": lambda: _litellm_router_client(urls, model, stream),
     }

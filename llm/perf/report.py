@@ -22,6 +22,8 @@ from .overhead import Figures
 TARGETS = {
     ("provider-async", False): 1.3,
     ("provider-async", True): 1.3,
+    ("provider-async-load", False): 1.3,
+    ("provider-async-load", True): 1.3,
     ("provider-sync", False): 1.5,
     ("provider-sync", True): 1.5,
 }
