@@ -247,15 +247,22 @@ def test_a_long_call_takes_a_fast_route_with_a_free_slot_and_a_short_one_overflo
     assert balancer.stats()["fast"]["load"]["slots"] == 8.0
 
 
+def measured_alike(balancer: Balancer) -> None:
+    for route in balancer.routes.values():
+        balancer.succeeded(route, balancer.dispatch(route), 1.0, generated=100)
+
+
 def test_weights_divide_the_cost() -> None:
     clock = FakeClock(10.0)
     balancer = balancer_of("a", "b", clock=clock, weight_a=3.0)
+    measured_alike(balancer)
     pool = balancer.pool("m")
     assert pool is not None
     loaded(balancer, "a", 2)  # (2 + 1) / 3 = 1 against (0 + 1) / 1: a tie
     loaded(balancer, "a", 1)  # (3 + 1) / 3 > 1: b
     assert {balancer.pick(pool).name for _ in range(20)} == {"b"}  # type: ignore[union-attr]
     balancer2 = balancer_of("a", "b", clock=clock, weight_a=3.0)
+    measured_alike(balancer2)
     pool2 = balancer2.pool("m")
     assert pool2 is not None
     loaded(balancer2, "a", 1)  # (1 + 1) / 3 < 1: a
@@ -288,6 +295,24 @@ def test_excluded_and_ejected_routes_are_never_picked() -> None:
     assert balancer.pick(pool, {b, c}) is None
     loaded(balancer, "b", 5)
     assert {balancer.pick(pool).name for _ in range(30)} == {"c"}  # type: ignore[union-attr]
+
+
+def test_a_route_not_measured_yet_takes_one_call_at_a_time() -> None:
+    """Until its first answer tells its speed, a route takes one call at a time: a slow
+    instance does not collect a share of the calls while its first answer is on the way."""
+    clock = FakeClock(10.0)
+    balancer = balancer_of("known", "new", clock=clock)
+    known, new = balancer.routes["known"], balancer.routes["new"]
+    balancer.succeeded(known, balancer.dispatch(known), 1.0, generated=100)
+    pool = balancer.pool("m")
+    assert pool is not None
+    loaded(balancer, "known", 5)
+    first = balancer.pick(pool, tokens=100)
+    assert first is new  # idle and unknown: worth learning
+    started = balancer.dispatch(new)
+    assert {balancer.pick(pool).name for _ in range(20)} == {"known"}  # type: ignore[union-attr]
+    balancer.succeeded(new, started, 0.5, generated=100)  # fast, as it turns out
+    assert balancer.pick(pool) is new
 
 
 def test_a_pinned_route_is_picked_alone() -> None:
@@ -354,6 +379,14 @@ def expected_pick(
         j = pick_index(speeds, rng.random() * (sum(speeds) - speeds[i]), i)
         pair = (eligible[i], eligible[j])
     first, second = pair
+
+    def learning(route: RouteState) -> bool:
+        return route.in_flight > 0 and route.token_time is None and route.latency_ewma is None
+
+    if learning(second) and not learning(first):
+        return first
+    if learning(first) and not learning(second):
+        return second
 
     def cost(route: RouteState, other: RouteState) -> float:
         # the call's own tokens, plus the mean call's share of the load beyond the slots

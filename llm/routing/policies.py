@@ -196,6 +196,12 @@ class LeastLoad:
             if len(eligible) < 2:
                 return eligible[0] if eligible else None
             first, second = self._pair_by_speed(eligible)
+        # a route not measured yet takes one call at a time until its first answer tells
+        # its speed (a slow instance would otherwise collect a share of calls meanwhile)
+        if _learning(second) and not _learning(first):
+            return first
+        if _learning(first) and not _learning(second):
+            return second
         asked = float(tokens) if tokens > 0 else self.mean_tokens
         if tokens > 0:
             self.mean_tokens += 0.05 * (tokens - self.mean_tokens)
@@ -245,6 +251,11 @@ class LeastLoad:
         if route.latency_ewma is not None and other.latency_ewma is not None:
             return tokens * route.latency_ewma / route.weight
         return tokens / route.weight
+
+
+def _learning(route: RouteState) -> bool:
+    """Not measured yet (no answer has told its speed) and already busy with a call."""
+    return route.in_flight > 0 and route.token_time is None and route.latency_ewma is None
 
 
 def _speeds(routes: Sequence[RouteState]) -> list[float]:
