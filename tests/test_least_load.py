@@ -339,6 +339,7 @@ def expected_pick(
     asked: float = 64.0,
     mean: float = 64.0,
     slots: dict[str, float] | None = None,
+    wait: float = 1.0,
 ) -> RouteState | None:
     """policies.py, LeastLoad, written out again: in a pool of more than 8 routes, two
     distinct usable routes, each drawn with up to 8 draws on the pool (the second one other
@@ -393,7 +394,7 @@ def expected_pick(
         known = slots or {}
         room = max(known.get(route.name, 0.0), known.get(other.name, 0.0), 1.0)
         beyond = estimated_load(route, now, 3.0) + 1 - room
-        tokens = asked + (beyond * mean / room if beyond > 0 else 0.0)
+        tokens = asked + (wait * beyond * mean / room if beyond > 0 else 0.0)
         if route.token_time is not None and other.token_time is not None:
             return tokens * route.token_time / route.weight
         if route.latency_ewma is not None and other.latency_ewma is not None:
@@ -442,8 +443,13 @@ class LeastLoadMachine(RuleBasedStateMachine):
         )
         self.twin = random.Random(random.Random(seed).getrandbits(64))  # the policy's own
 
-    @rule(exclude_one=st.booleans(), which=st.integers(0, 11), tokens=st.integers(0, 300))
-    def pick_and_send(self, exclude_one: bool, which: int, tokens: int) -> None:
+    @rule(
+        exclude_one=st.booleans(),
+        which=st.integers(0, 11),
+        tokens=st.integers(0, 300),
+        stream=st.booleans(),
+    )
+    def pick_and_send(self, exclude_one: bool, which: int, tokens: int, stream: bool) -> None:
         balancer = self.balancer
         if balancer is None:
             return
@@ -452,12 +458,13 @@ class LeastLoadMachine(RuleBasedStateMachine):
         routes = list(pool.routes)
         exclude = {routes[which % len(routes)]} if exclude_one else set()
         asked = float(tokens) if tokens else self.mean
+        wait = 4.0 if stream else 1.0  # a stream's wait for a slot weighs 4 times
         expected = expected_pick(
-            routes, exclude, self.clock(), self.twin, asked, self.mean, self.slots
+            routes, exclude, self.clock(), self.twin, asked, self.mean, self.slots, wait
         )
         if tokens:
             self.mean += 0.05 * (tokens - self.mean)
-        chosen = balancer.pick(pool, exclude, tokens=tokens)
+        chosen = balancer.pick(pool, exclude, stream, tokens)
         assert chosen is expected
         if chosen is not None:
             self.in_flight.append((chosen, balancer.dispatch(chosen, tokens), tokens))

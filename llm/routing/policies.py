@@ -166,6 +166,7 @@ class LeastLatency:
         return best
 
 
+STREAM_WAIT = 4.0  # a stream's wait for a slot counts this many times: nothing shows meanwhile
 TRIES = 8  # random draws for one usable route before least load lists the usable ones
 SMALL = 8  # a pool this small is listed at once (as cheap as drawing, and never misses)
 
@@ -186,6 +187,9 @@ class LeastLoad:
         stream: bool,
         tokens: int = 0,
     ) -> RouteState | None:
+        asked = float(tokens) if tokens > 0 else self.mean_tokens
+        if tokens > 0:
+            self.mean_tokens += 0.05 * (tokens - self.mean_tokens)
         routes = pool.routes
         first = second = None
         if len(routes) > SMALL:
@@ -202,10 +206,9 @@ class LeastLoad:
             return first
         if _learning(first) and not _learning(second):
             return second
-        asked = float(tokens) if tokens > 0 else self.mean_tokens
-        if tokens > 0:
-            self.mean_tokens += 0.05 * (tokens - self.mean_tokens)
-        cheaper = self.cost(second, first, now, asked) < self.cost(first, second, now, asked)
+        wait = STREAM_WAIT if stream else 1.0
+        cost = self.cost
+        cheaper = cost(second, first, now, asked, wait) < cost(first, second, now, asked, wait)
         return second if cheaper else first
 
     def _pair_by_speed(self, eligible: list[RouteState]) -> tuple[RouteState, RouteState]:
@@ -236,16 +239,19 @@ class LeastLoad:
                 return route
         return None
 
-    def cost(self, route: RouteState, other: RouteState, now: float, asked: float) -> float:
+    def cost(
+        self, route: RouteState, other: RouteState, now: float, asked: float, wait: float = 1.0
+    ) -> float:
         """How long a call asking for ``asked`` tokens would take on ``route``, in units it
         shares with ``other``: the wait for a free slot plus its own tokens, at the route's
         seconds per token. vLLM runs up to ``slots`` calls at once (the most it ever reported
         running; 1 when it never said), so a call waits only for the load beyond them, each
-        of those a mean call's worth of tokens shared among the slots."""
+        of those a mean call's worth of tokens shared among the slots; ``wait`` weighs that
+        wait (``STREAM_WAIT`` for a stream, whose reader sees nothing until its first token)."""
         load = estimated_load(route, now, self.max_age)
         slots = max(route.slots, other.slots, 1.0)
         beyond = load + 1.0 - slots
-        tokens = asked + (beyond * self.mean_tokens / slots if beyond > 0 else 0.0)
+        tokens = asked + (wait * beyond * self.mean_tokens / slots if beyond > 0 else 0.0)
         if route.token_time is not None and other.token_time is not None:
             return tokens * route.token_time / route.weight
         if route.latency_ewma is not None and other.latency_ewma is not None:
