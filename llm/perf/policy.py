@@ -670,7 +670,8 @@ def render_markdown(report: PolicyReport) -> str:
         "",
         f"Three routes of one model answer in {lat}; calls go through the `least_latency` "
         "policy: the lowest latency EWMA times the route's calls in flight plus one (a route "
-        "is tried first until it has 3 answers, the least of which is its first estimate). "
+        "is tried first, one call at a time, until it has 3 answers, the least of which is "
+        "its first estimate). "
         f"Phase 1: the mean latency after a warm-up against always choosing `{FAST}` "
         f"(the simulation's reference is the nominal {report.latencies_ms[FAST]:g} ms; the live "
         f"runs measure it, same calls through a provider with `{FAST}` only), each route's "
