@@ -219,7 +219,6 @@ class Balancer:
     def _ended(self, route: RouteState, now: float, tokens: int) -> None:
         """The bookkeeping of a request that ended, however (under the lock)."""
         route.in_flight -= 1
-        route.done += 1
         route.tokens_in_flight -= tokens
         route.last_done = now
         for watcher in route.watchers:
@@ -363,7 +362,6 @@ class Balancer:
         are kept: they are still true of the routes."""
         self.lock = threading.Lock()
         for route in self.routes.values():
-            route.done += route.in_flight  # the parent's calls, as far as this child knows
             route.in_flight = 0
             route.tokens_in_flight = 0
             route.health.trial_in_flight = 0

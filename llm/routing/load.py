@@ -6,19 +6,20 @@ A vLLM server says how loaded it is in two ways (``llm.judge.load_report`` parse
 the ORCA header ``endpoint-load-metrics`` on a non-streamed answer (requests *waiting*), and
 its ``/metrics`` gauges, polled in the background (requests *running* and *waiting*). Either
 reaches the route as a *report*, stored with the moment it arrived and with this client's own
-counters at that moment: requests sent (``requests``), ended (``done``), in flight.
+calls in flight at that moment.
 
 The estimate for a new call (``estimated_load``) is the report brought up to date with what
 this client did since::
 
     waiting + running + (sent since the report) - (ended since the report)
 
-never less than this client's own calls in flight (they are on the server, whatever it
-said), and just those when the report is older than ``max_age``: old load information herds
-(every client piles onto whatever looked idle a while ago), and our own in-flight count is
-always exact. An ORCA report carries no running count: the last ``/metrics`` one stands in
-while it is fresh, else our own calls in flight at the moment of the report. A server that
-reports nothing (not vLLM, or an old one) leaves the estimate at our own in-flight count.
+that is, plus the change of our own in-flight count since the report; never less than this
+client's own calls in flight (they are on the server, whatever it said), and just those when
+the report is older than ``max_age``: old load information herds (every client piles onto
+whatever looked idle a while ago), and our own in-flight count is always exact. An ORCA
+report carries no running count: the last ``/metrics`` one stands in while it is fresh, else
+our own calls in flight at the moment of the report. A server that reports nothing (not
+vLLM, or an old one) leaves the estimate at our own in-flight count.
 
 The calls other clients (other app replicas) sent since the report are not seen; the policy
 that uses this (``least_load``) picks the better of two random routes rather than the least
@@ -60,8 +61,6 @@ def record_report(
     if kv_usage is not None and 0.0 <= kv_usage <= 1.0:
         route.kv_usage = kv_usage
     route.report_at = now
-    route.report_sent = route.requests
-    route.report_done = route.done
     route.report_own = route.in_flight
     route.report_source = source
 
@@ -74,12 +73,8 @@ def estimated_load(route: RouteState, now: float, max_age: float = DEFAULT_MAX_A
     running = route.report_running
     if running is None or now - route.running_at > max_age:
         running = float(route.report_own)
-    estimate = (
-        route.report_waiting
-        + running
-        + (route.requests - route.report_sent)
-        - (route.done - route.report_done)
-    )
+    # sent since the report, less ended since: our in-flight count's change since then
+    estimate = route.report_waiting + running + route.in_flight - route.report_own
     return estimate if estimate > own else float(own)
 
 

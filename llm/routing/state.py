@@ -31,7 +31,6 @@ class RouteState:
     __slots__ = (
         "busy_since",
         "config",
-        "done",
         "failures",
         "health",
         "in_flight",
@@ -44,10 +43,8 @@ class RouteState:
         "latency_samples",
         "name",
         "report_at",
-        "report_done",
         "report_own",
         "report_running",
-        "report_sent",
         "report_source",
         "report_waiting",
         "requests",
@@ -81,7 +78,6 @@ class RouteState:
         self.watchers: tuple[Watcher, ...] = ()  # indexes of pools holding it (indexes.py)
         self.busy_since = float("-inf")  # when in_flight last went from 0 to 1
         self.last_done = float("-inf")  # when a request to it last ended, however
-        self.done = 0  # requests ended, however (``requests - done == in_flight``)
         self.latency_samples = 0  # measurements taken (the first few are a warm-up)
         self.ttft_samples = 0
         self.tokens_in_flight = 0  # max_tokens asked by the requests in flight
@@ -93,10 +89,13 @@ class RouteState:
         self.slots = 0.0  # the most requests it ever reported running (vLLM's max_num_seqs)
         self.kv_usage: float | None = None
         self.report_at = float("-inf")
-        self.report_sent = 0
-        self.report_done = 0
         self.report_own = 0
         self.report_source: str | None = None  # "orca" or "metrics"
+
+    @property
+    def done(self) -> int:
+        """Requests ended, however."""
+        return self.requests - self.in_flight
 
     def __repr__(self) -> str:
         return f"<RouteState {self.name} {'healthy' if self.health.healthy else 'ejected'}>"
