@@ -9,17 +9,17 @@ makes a route healthy by itself: only a real request does.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 
 from ..config import RouteConfig
 from ..routing.balancer import Balancer
 from ..send.protocols import SyncSender
+from .background import Background
 from .check import CheckSettings
 from .run import check_routes
 
 
-class ActiveChecker:
+class ActiveChecker(Background):
     def __init__(
         self,
         routes: Sequence[RouteConfig],
@@ -33,8 +33,7 @@ class ActiveChecker:
         self.sender = sender
         self.interval = interval
         self.settings = settings
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="llm-routes-checker", daemon=True)
+        super().__init__("llm-routes-checker", settings.timeout * 2 + 1.0)
 
     def restarted(self) -> ActiveChecker:
         """A checker like this one, running (in a forked child, where this one's thread
@@ -43,19 +42,9 @@ class ActiveChecker:
             self.routes, self.balancer, self.sender, self.interval, self.settings
         ).start()
 
-    def start(self) -> ActiveChecker:
-        self._thread.start()
-        return self
-
     def run_once(self) -> None:
         for check in check_routes(self.routes, self.sender, self.settings):
             self.balancer.observe_check(check.route, check.healthy, check.error)
 
-    def _run(self) -> None:
-        while not self._stopping.wait(self.interval):
-            self.run_once()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=self.settings.timeout * 2 + 1.0)
+    def pause(self) -> float:
+        return self.interval

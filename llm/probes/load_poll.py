@@ -20,7 +20,6 @@ health: a server whose ``/metrics`` is slow or missing may still answer calls we
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +30,7 @@ from ..judge.load_report import LoadReport, parse_metrics
 from ..routing.balancer import Balancer
 from ..send._sync.read import read_body
 from ..send.protocols import Request, SyncSender
+from .background import Background
 from .check import CHECK_LIMIT
 
 IDLE = 60.0  # seconds without a call after which a route is not polled
@@ -61,7 +61,7 @@ def poll_route(
     return parse_metrics(body, route.model)
 
 
-class LoadPoller:
+class LoadPoller(Background):
     """The background thread that keeps the balancer's load reports fresh."""
 
     def __init__(
@@ -81,18 +81,13 @@ class LoadPoller:
         self.rng = rng or random.Random()
         self._misses: dict[str, int] = {}  # reads in a row that gave no report
         self._wait: dict[str, int] = {}  # rounds to skip before the next read
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="llm-routes-load", daemon=True)
+        super().__init__("llm-routes-load", timeout + 1.0)
 
     def restarted(self) -> LoadPoller:
         """A poller like this one, running (in a forked child)."""
         return LoadPoller(
             self.routes, self.balancer, self.sender, self.interval, self.timeout
         ).start()
-
-    def start(self) -> LoadPoller:
-        self._thread.start()
-        return self
 
     def in_use(self) -> list[RouteConfig]:
         """The routes with a call in flight or ended in the last ``IDLE`` seconds."""
@@ -133,11 +128,5 @@ class LoadPoller:
     def _poll(self, route: RouteConfig) -> LoadReport | None:
         return poll_route(self.sender, route, self.timeout)
 
-    def _run(self) -> None:
-        while not self._stopping.wait(self.interval * (1 + JITTER * (2 * self.rng.random() - 1))):
-            self.run_once()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=self.timeout + 1.0)
+    def pause(self) -> float:
+        return self.interval * (1 + JITTER * (2 * self.rng.random() - 1))
