@@ -459,11 +459,11 @@ class LeastLoadMachine(RuleBasedStateMachine):
         exclude = {routes[which % len(routes)]} if exclude_one else set()
         asked = float(tokens) if tokens else self.mean
         wait = 4.0 if stream else 1.0  # a stream's wait for a slot weighs 4 times
+        if tokens:  # the policy's moving average takes this call in before it compares
+            self.mean += 0.05 * (tokens - self.mean)
         expected = expected_pick(
             routes, exclude, self.clock(), self.twin, asked, self.mean, self.slots, wait
         )
-        if tokens:
-            self.mean += 0.05 * (tokens - self.mean)
         chosen = balancer.pick(pool, exclude, stream, tokens)
         assert chosen is expected
         if chosen is not None:
