@@ -38,6 +38,10 @@ SNAPSHOT_KEYS = {
     "tokens_in_flight",
     "ms_per_token",
     "load",
+    "max_model_len",
+    "max_model_len_source",
+    "affinity",
+    "discovered_by",
 }
 
 

@@ -140,8 +140,9 @@ def test_the_config_table_documents_every_key_and_only_real_keys():
     real |= {f"llm.retry.{key}" for key in sections.RETRY_KEYS}
     real |= {f"llm.health.{key}" for key in sections.HEALTH_KEYS}
     real |= {f"llm.load.{key}" for key in sections.LOAD_KEYS}
+    real |= {f"llm.affinity.{key}" for key in sections.AFFINITY_KEYS}
     real |= {f"llm.params.{key}" for key in (*sections.CONTROL_PARAMS, "extra_body")}
-    real -= {"llm.retry", "llm.health", "llm.load"}
+    real -= {"llm.retry", "llm.health", "llm.load", "llm.affinity"}
     assert documented - {"llm.params."} == real
     for key in body_keys.BODY_KEYS:
         assert f"`{key}`" in README, key
@@ -163,10 +164,7 @@ def test_python_example_runs(site: Site, number: int):
 
 
 SHELL_COMMANDS = [
-    command
-    for code in blocks("bash")
-    for command in commands(code)
-    if not is_ci_command(command)
+    command for code in blocks("bash") for command in commands(code) if not is_ci_command(command)
 ]
 
 

@@ -4,7 +4,7 @@ The body is the config's ``params``, overlaid with the call's keywords (a keywor
 removes a config default; ``extra_body={...}`` is merged as it is), overlaid with the call's
 own payload (``messages`` or ``prompt``); ``model`` is left out (each route supplies its own)
 and ``stream`` follows the method. The control keywords (``route``, ``model``, ``deadline``,
-``max_retries``) steer the call instead. Everything is checked here, before any I/O
+``max_retries``, ``session``) steer the call instead. Everything is checked here, before any I/O
 (``validate``).
 """
 
@@ -72,6 +72,7 @@ def build_spec(
         route=options.get("route"),
         deadline=options.get("deadline"),
         max_retries=options.get("max_retries"),
+        session=options.get("session"),
     )
 
 
@@ -90,9 +91,7 @@ def completion_spec(
     params: Mapping[str, Any], prompt: Any, options: Mapping[str, Any], *, stream: bool
 ) -> CallSpec:
     if not isinstance(prompt, (str, list)) or not prompt:
-        raise InvalidRequestError(
-            f"prompt must be a non-empty string or list, got {shown(prompt)}"
-        )
+        raise InvalidRequestError(f"prompt must be a non-empty string or list, got {shown(prompt)}")
     payload = {"prompt": prompt}
     return build_spec(
         params, COMPLETIONS_PATH, payload, options, stream=stream, expect="completion"

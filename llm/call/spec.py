@@ -36,6 +36,7 @@ class CallSpec:
     raw_body: bytes | None = None  # the body exactly as a client sent it (OpenAI SDK path)
     raw_model: str | None = None  # the model named inside raw_body
     headers: Mapping[str, str] = field(default_factory=dict)
+    session: str | None = None  # an explicit affinity key (call/affinity.py)
 
 
 class BodyEncoder:

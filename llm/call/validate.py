@@ -20,15 +20,21 @@ from ..config.body_keys import BODY_KEYS, SERVER_KEYS
 from ..errors import InvalidRequestError
 
 # Keywords that steer the call rather than the body.
-CONTROL_KEYS = frozenset({"route", "model", "deadline", "max_retries"})
+CONTROL_KEYS = frozenset({"route", "model", "deadline", "max_retries", "session"})
 
 
 def check_controls(options: Mapping[str, Any]) -> None:
-    """``route``, ``model``, ``deadline`` and ``max_retries`` have usable values."""
+    """``route``, ``model``, ``session``, ``deadline`` and ``max_retries`` have usable
+    values."""
     for key in ("route", "model"):
         name = options.get(key)
         if name is not None and not isinstance(name, str):
             raise InvalidRequestError(f"{key} must be a string, got {shown(name)}")
+    session = options.get("session")
+    if session is not None and not (isinstance(session, str) and session):
+        raise InvalidRequestError(
+            f"session must be a non-empty string (an affinity key), got {shown(session)}"
+        )
     deadline = options.get("deadline")
     if deadline is not None and not (_is_number(deadline) and 0 < deadline < math.inf):
         raise InvalidRequestError(

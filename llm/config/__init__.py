@@ -29,10 +29,21 @@ from .load import load_config, parse_config
 from .model import DEFAULT_MAX_RESPONSE_BYTES as DEFAULT_MAX_RESPONSE_BYTES
 from .model import DEFAULT_PROVIDER as DEFAULT_PROVIDER
 from .model import DEFAULT_TIMEOUT as DEFAULT_TIMEOUT
-from .model import KNOWN_POLICIES, HealthConfig, LLMConfig, LoadConfig, RetryConfig, RouteConfig
+from .model import (
+    KNOWN_POLICIES,
+    AffinityConfig,
+    Discovery,
+    HealthConfig,
+    LLMConfig,
+    LoadConfig,
+    RetryConfig,
+    RouteConfig,
+)
 
 __all__ = [
     "KNOWN_POLICIES",
+    "AffinityConfig",
+    "Discovery",
     "HealthConfig",
     "LLMConfig",
     "LoadConfig",

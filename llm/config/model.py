@@ -31,6 +31,7 @@ KNOWN_POLICIES: tuple[str, ...] = ("round_robin", "least_latency", "least_load")
 DEFAULT_PROVIDER = "vllm_openai"
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+AFFINITY_BLOCK = 64  # characters of a prompt's head hashed as one block (about 16 tokens)
 
 
 def _frozen_mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -38,6 +39,17 @@ def _frozen_mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
     if isinstance(value, MappingProxyType):
         return value
     return MappingProxyType(dict(value))
+
+
+@dataclass(frozen=True, slots=True)
+class Discovery:
+    """Where a route's instances come from (``llm.routes.<name>.discover``): the A/AAAA
+    records of its ``base_url``'s host (``dns``), or the lines of a ``file``; looked at again
+    every ``interval`` seconds. See ``probes/discovery.py``."""
+
+    dns: bool = False
+    file: str | None = None
+    interval: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +65,9 @@ class RouteConfig:
     headers: Mapping[str, str] = field(default_factory=dict, repr=False, hash=False)
     send_model: bool = True
     verify: bool | str = True
+    max_model_len: int | None = None
+    discover: Discovery | None = None
+    group: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "headers", _frozen_mapping(self.headers))
@@ -71,14 +86,26 @@ class RouteConfig:
                 dict(self.headers),
                 self.send_model,
                 self.verify,
+                self.max_model_len,
+                self.discover,
+                self.group,
             ),
         )
 
     def __repr__(self) -> str:
+        extra = "".join(
+            f", {key}={value!r}"
+            for key, value in (
+                ("max_model_len", self.max_model_len),
+                ("discover", self.discover),
+                ("group", self.group),
+            )
+            if value is not None
+        )
         return (
             f"RouteConfig(name={self.name!r}, base_url={self.shown_url!r}, model={self.model!r}, "
             f"timeout={self.timeout!r}, weight={self.weight!r}, send_model={self.send_model!r}, "
-            f"verify={self.verify!r})"
+            f"verify={self.verify!r}{extra})"
         )
 
     @property
@@ -140,6 +167,22 @@ class LoadConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AffinityConfig:
+    """Prefix affinity (``llm.affinity``; see ``routing/affinity.py`` and the README).
+
+    ``by_prefix``: derive an affinity key from each call's prompt head (a call's ``session=``
+    gives one whatever this says); ``homes``: how many home routes a key has; ``spill_ratio``:
+    a call leaves home when home's expected time is more than this many times the best
+    alternative's; ``prefix_chars``: how much of the prompt's head makes the key at most.
+    """
+
+    by_prefix: bool = False
+    homes: int = 2
+    spill_ratio: float = 1.5
+    prefix_chars: int = 4096
+
+
+@dataclass(frozen=True, slots=True)
 class LLMConfig:
     """The whole ``llm:`` section, validated."""
 
@@ -157,6 +200,8 @@ class LLMConfig:
     health: HealthConfig = field(default_factory=HealthConfig)
     source: str | None = None
     load: LoadConfig = field(default_factory=LoadConfig)
+    affinity: AffinityConfig = field(default_factory=AffinityConfig)
+    context_fallback: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "routes", _frozen_mapping(self.routes))
@@ -180,6 +225,8 @@ class LLMConfig:
                 self.health,
                 self.source,
                 self.load,
+                self.affinity,
+                self.context_fallback,
             ),
         )
 

@@ -25,10 +25,13 @@ from typing import Any, TypeAlias
 
 from .body_keys import BODY_KEYS, BodyKey
 from .model import (
+    AFFINITY_BLOCK,
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_PROVIDER,
     DEFAULT_TIMEOUT,
     KNOWN_POLICIES,
+    AffinityConfig,
+    Discovery,
     HealthConfig,
     LLMConfig,
     LoadConfig,
@@ -60,6 +63,8 @@ from .readers import (
 # --------------------------------------------------------------------------- schema
 
 LLM_KEYS = (
+    "affinity",
+    "context_fallback",
     "default_route",
     "fallback_route",
     "health",
@@ -73,7 +78,9 @@ LLM_KEYS = (
 ROUTE_KEYS = (
     "api_key",
     "base_url",
+    "discover",
     "headers",
+    "max_model_len",
     "model",
     "send_model",
     "timeout",
@@ -91,6 +98,8 @@ HEALTH_KEYS = (
     "stall_min",
 )
 LOAD_KEYS = ("max_age", "orca", "poll_interval")
+AFFINITY_KEYS = ("by_prefix", "homes", "prefix_chars", "spill_ratio")
+DISCOVER_KEYS = ("dns", "file", "interval")
 CONTROL_PARAMS = ("connect_timeout", "deadline", "max_response_bytes", "max_retries", "timeout")
 PARAMS_KEYS = (*CONTROL_PARAMS, "extra_body", *BODY_KEYS)
 
@@ -239,7 +248,33 @@ def _route(path: str, name: str, value: object, default_timeout: float) -> Route
         headers=MappingProxyType(headers),
         send_model=read_bool(join(path, "send_model"), raw.get("send_model", True)),
         verify=_verify(join(path, "verify"), raw.get("verify", True)),
+        max_model_len=None
+        if raw.get("max_model_len") is None
+        else read_integer(join(path, "max_model_len"), raw["max_model_len"], minimum=1),
+        discover=_discover(join(path, "discover"), raw.get("discover")),
     )
+
+
+def _discover(path: str, value: object) -> Discovery | None:
+    """``dns``, or a mapping ``{dns: true}`` / ``{file: path}`` with an ``interval``."""
+    if value is None:
+        return None
+    if value == "dns":
+        return Discovery(dns=True)
+    if not isinstance(value, Mapping):
+        fail_expected(path, "'dns' or a mapping {dns: true} or {file: <path>}", value)
+    check_keys(path, value, DISCOVER_KEYS)
+    dns = read_bool(join(path, "dns"), value.get("dns", False))
+    file = value.get("file")
+    if file is not None:
+        file = read_string(join(path, "file"), file)
+    if dns == (file is not None):
+        fail(path, "expected exactly one of dns: true or file: <path>")
+    default_interval = 10.0 if dns else 2.0
+    interval = read_number(
+        join(path, "interval"), value.get("interval", default_interval), minimum=0, exclusive=True
+    )
+    return Discovery(dns=dns, file=file, interval=interval)
 
 
 def _routes(path: str, value: object, default_timeout: float) -> dict[str, RouteConfig]:
@@ -328,6 +363,44 @@ def _load(path: str, value: object) -> LoadConfig:
     )
 
 
+def _affinity(path: str, value: object) -> AffinityConfig:
+    raw = read_mapping(path, value, optional=True)
+    check_keys(path, raw, AFFINITY_KEYS)
+    defaults = AffinityConfig()
+    return AffinityConfig(
+        by_prefix=read_bool(join(path, "by_prefix"), raw.get("by_prefix", defaults.by_prefix)),
+        homes=read_integer(join(path, "homes"), raw.get("homes", defaults.homes), minimum=1),
+        spill_ratio=read_number(
+            join(path, "spill_ratio"), raw.get("spill_ratio", defaults.spill_ratio), minimum=1
+        ),
+        prefix_chars=read_integer(
+            join(path, "prefix_chars"),
+            raw.get("prefix_chars", defaults.prefix_chars),
+            minimum=AFFINITY_BLOCK,
+        ),
+    )
+
+
+def _context_fallback(path: str, value: object, routes: Mapping[str, RouteConfig]) -> str:
+    """A route name, or a model some route serves: where a call that fits no route of its
+    pool goes (see ``routing/fit.py``)."""
+    name = read_string(path, value)
+    if name in routes or any(route.model == name for route in routes.values()):
+        return name
+    models = sorted({route.model for route in routes.values()})
+    fail(
+        path,
+        f"expected a route name ({', '.join(routes)}) or a served model "
+        f"({', '.join(models)}), found {name!r}",
+    )
+
+
+def _check_fallback(path: str, routes: Mapping[str, RouteConfig], name: str | None) -> None:
+    """The fallback route is one server: it may not discover instances."""
+    if name is not None and routes[name].discover is not None:
+        fail(path, f"route {name!r} discovers its instances; the fallback must be one server")
+
+
 def build(raw: Mapping[Any, Any], source: str | None) -> LLMConfig:
     """The ``LLMConfig`` of the ``llm`` mapping ``raw``; ``source`` is recorded on it."""
     path = "llm"
@@ -371,6 +444,12 @@ def build(raw: Mapping[Any, Any], source: str | None) -> LLMConfig:
     lb_policy = read_choice(
         join(path, "lb_policy"), raw.get("lb_policy", "round_robin"), KNOWN_POLICIES, "a policy"
     )
+    _check_fallback(join(path, "fallback_route"), routes, fallback_route)
+    context_fallback = None
+    if raw.get("context_fallback") is not None:
+        context_fallback = _context_fallback(
+            join(path, "context_fallback"), raw["context_fallback"], routes
+        )
     return LLMConfig(
         provider=provider,
         routes=MappingProxyType(routes),
@@ -386,4 +465,6 @@ def build(raw: Mapping[Any, Any], source: str | None) -> LLMConfig:
         health=_health(join(path, "health"), raw.get("health")),
         source=source,
         load=_load(join(path, "load"), raw.get("load")),
+        affinity=_affinity(join(path, "affinity"), raw.get("affinity")),
+        context_fallback=context_fallback,
     )

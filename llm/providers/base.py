@@ -64,6 +64,7 @@ class ProviderBase:
             rng=rng,
             on_health=log_health_change,
             load_max_age=config.load.max_age,
+            affinity=config.affinity,
         )
         self._life = Lifecycle()
         sync_sender: SyncSender = HttpcoreSender() if transport is None else HttpxSender(transport)

@@ -32,11 +32,13 @@ import time
 from collections.abc import Callable, Collection, Container, Iterable, Sequence
 from typing import Any
 
-from ..config import HealthConfig, RouteConfig
+from ..config import AffinityConfig, HealthConfig, RouteConfig
 from ..config.model import serving
 from ..config.redact import Redactor
+from .affinity import Affinity
 from .events import HealthChange, HealthListener
 from .health import RouteHealth
+from .indexes import Either
 from .load import DEFAULT_MAX_AGE, record_report
 from .policies import POLICIES, LeastLatency, LeastLoad, Policy, RoundRobin
 from .state import WARMUP_SAMPLES, Pool, RouteState
@@ -58,8 +60,11 @@ class Balancer:
         rng: random.Random | None = None,
         on_health: HealthListener | None = None,
         load_max_age: float = DEFAULT_MAX_AGE,
+        affinity: AffinityConfig | None = None,
     ) -> None:
         self.health_config = health or HealthConfig()
+        self.affinity_config = affinity or AffinityConfig()
+        self._affinity: Affinity | None = None  # made on the first call with a key
         self.load_max_age = load_max_age
         self.on_health = on_health
         self.clock = clock
@@ -92,6 +97,16 @@ class Balancer:
             # draws of its own: the cooldowns' jitter does not move its choices
             return LeastLoad(random.Random(self.rng.getrandbits(64)), self.load_max_age)
         raise ValueError(f"unknown lb_policy {policy!r}; known: {', '.join(sorted(POLICIES))}")
+
+    def _make_affinity(self) -> Affinity:
+        """Affinity weighs homes by least load's costs: the policy's own when it is least
+        load, else a least load of its own (made here, so that a balancer whose calls carry
+        no key draws nothing more from ``rng`` than before)."""
+        policy = self.policy
+        if not isinstance(policy, LeastLoad):
+            policy = LeastLoad(random.Random(self.rng.getrandbits(64)), self.load_max_age)
+        self._affinity = Affinity(self.affinity_config, policy, self.load_max_age)
+        return self._affinity
 
     # -- pools ---------------------------------------------------------------------------
 
@@ -132,14 +147,20 @@ class Balancer:
         exclude: Container[RouteState] = (),
         stream: bool = False,
         tokens: int = 0,
+        key: bytes | None = None,
     ) -> RouteState | None:
         """An available route of ``pool`` not in ``exclude``, chosen by the policy, or None
-        (``tokens``: the call's ``max_tokens``, 0 when unknown)."""
+        (``tokens``: the call's ``max_tokens``, 0 when unknown; ``key``: its affinity key,
+        which sends it to its homes, ``affinity.py``)."""
         lock = self.lock
         lock.acquire()
         try:
             now = self.clock()
-            route = self.policy.choose(pool, exclude, now, stream, tokens)
+            if key is not None and len(pool.routes) > 1:
+                affinity = self._affinity or self._make_affinity()
+                route = affinity.choose(pool, exclude, now, stream, tokens, key, self.policy)
+            else:
+                route = self.policy.choose(pool, exclude, now, stream, tokens)
             if route is not None and route.in_flight and self._stalled(route, now, pool):
                 return self._instead_of_stalled(route, pool, exclude, now, stream, tokens)
             return route
@@ -176,7 +197,7 @@ class Balancer:
         """Another choice of the policy that is not stalled; the stalled one if there is none
         (a stalled route is slow to answer, not known to be down: it is not ejected)."""
         skipped = {stalled}
-        avoid = _Either(exclude, skipped)
+        avoid = Either(exclude, skipped)
         while (other := self.policy.choose(pool, avoid, now, stream, tokens)) is not None:
             if not self._stalled(other, now, pool):
                 return other
@@ -259,8 +280,7 @@ class Balancer:
                         per_token = (latency - ttft) / (generated - 1)
                     else:
                         per_token = latency / generated
-                    old = route.token_time
-                    route.token_time = per_token if old is None else old + alpha * (per_token - old)
+                    route.token_time = _smoothed(route.token_time, per_token, n, alpha)
             if ttft is not None:
                 n = route.ttft_samples = route.ttft_samples + 1
                 route.ttft_ewma = _smoothed(route.ttft_ewma, ttft, n, alpha)
@@ -386,16 +406,3 @@ def _smoothed(old: float | None, sample: float, n: int, alpha: float) -> float:
 
 def _ready_at(route: RouteState) -> float:
     return max(route.health.ejected_until, route.retry_after_until)
-
-
-class _Either:
-    """``in``: in the caller's exclusions or in the routes skipped as stalled."""
-
-    __slots__ = ("first", "second")
-
-    def __init__(self, first: Container[RouteState], second: Container[RouteState]) -> None:
-        self.first = first
-        self.second = second
-
-    def __contains__(self, route: object) -> bool:
-        return route in self.first or route in self.second

@@ -295,3 +295,16 @@ def since(route: RouteState) -> float:
     """When the route was last measured or re-probed."""
     sampled, probed = route.last_sample_at, route.last_probe_at
     return sampled if sampled > probed else probed
+
+
+class Either:
+    """``in``: in either of two collections (the caller's exclusions, routes set aside)."""
+
+    __slots__ = ("first", "second")
+
+    def __init__(self, first: Container[RouteState], second: Container[RouteState]) -> None:
+        self.first = first
+        self.second = second
+
+    def __contains__(self, route: object) -> bool:
+        return route in self.first or route in self.second

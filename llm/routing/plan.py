@@ -49,8 +49,10 @@ def plan_call(
     stream: bool = False,
     max_retries: int | None = None,
     tokens: int = 0,
+    key: bytes | None = None,
 ) -> CallPlan:
-    """The plan of one call: ``route`` pinned, else ``model``'s pool then the fallback route.
+    """The plan of one call: ``route`` pinned, else ``model``'s pool then the fallback route
+    (``key``: the call's affinity key, ``affinity.py``).
 
     Raises ``NoRouteError`` naming what exists when no route has that name or serves that
     model."""
@@ -81,6 +83,7 @@ def plan_call(
         stream=stream,
         max_retries=max_retries,
         tokens=tokens,
+        key=key,
     )
 
 
@@ -99,6 +102,7 @@ class CallPlan:
         "deadline_at",
         "delay",
         "fallback",
+        "key",
         "last_error",
         "max_attempts",
         "pool",
@@ -122,8 +126,10 @@ class CallPlan:
         stream: bool = False,
         max_retries: int | None = None,
         tokens: int = 0,
+        key: bytes | None = None,
     ) -> None:
         self.balancer = balancer
+        self.key = key
         self.tokens = tokens  # max_tokens asked: counted in flight on the route of each attempt
         self.clock = balancer.clock
         self.pool = pool
@@ -153,7 +159,7 @@ class CallPlan:
             return None
         balancer = self.balancer
         tried = self.tried
-        route = balancer.pick(self.pool, tried, self.stream, self.tokens)
+        route = balancer.pick(self.pool, tried, self.stream, self.tokens, self.key)
         fallback = self.fallback
         if route is None and fallback is not None and fallback.routes[0] not in tried:
             route = balancer.pick(fallback, (), self.stream)

@@ -248,15 +248,37 @@ class LeastLoad:
         running; 1 when it never said), so a call waits only for the load beyond them, each
         of those a mean call's worth of tokens shared among the slots; ``wait`` weighs that
         wait (``STREAM_WAIT`` for a stream, whose reader sees nothing until its first token)."""
-        load = estimated_load(route, now, self.max_age)
-        slots = max(route.slots, other.slots, 1.0)
-        beyond = load + 1.0 - slots
-        tokens = asked + (wait * beyond * self.mean_tokens / slots if beyond > 0 else 0.0)
+        tokens = self._tokens(route, now, asked, wait, max(route.slots, other.slots, 1.0))
         if route.token_time is not None and other.token_time is not None:
             return tokens * route.token_time / route.weight
         if route.latency_ewma is not None and other.latency_ewma is not None:
             return tokens * route.latency_ewma / route.weight
         return tokens / route.weight
+
+    def costs(
+        self, routes: Sequence[RouteState], now: float, tokens: int, stream: bool
+    ) -> list[float]:
+        """``cost`` of a call asking for ``tokens`` on each of ``routes``, in units they all
+        share (seconds per token if all have one, else latency if all have one, else none)."""
+        asked = float(tokens) if tokens > 0 else self.mean_tokens
+        wait = STREAM_WAIT if stream else 1.0
+        slots = max(1.0, *(route.slots for route in routes))
+        times = [route.token_time for route in routes]
+        if None in times:
+            times = [route.latency_ewma for route in routes]
+        if None in times:
+            times = [1.0] * len(routes)
+        return [
+            self._tokens(route, now, asked, wait, slots) * (t or 1.0) / route.weight
+            for route, t in zip(routes, times, strict=True)
+        ]
+
+    def _tokens(
+        self, route: RouteState, now: float, asked: float, wait: float, slots: float
+    ) -> float:
+        """The call's own tokens plus its wait for a slot, counted in tokens (see ``cost``)."""
+        beyond = estimated_load(route, now, self.max_age) + 1.0 - slots
+        return asked + (wait * beyond * self.mean_tokens / slots if beyond > 0 else 0.0)
 
 
 def _learning(route: RouteState) -> bool:

@@ -33,6 +33,8 @@ class RouteState:
         "config",
         "failures",
         "health",
+        "home_calls",
+        "home_spills",
         "in_flight",
         "kv_usage",
         "last_done",
@@ -41,6 +43,8 @@ class RouteState:
         "last_sample_at",
         "latency_ewma",
         "latency_samples",
+        "limit_source",
+        "max_model_len",
         "name",
         "report_at",
         "report_own",
@@ -48,6 +52,7 @@ class RouteState:
         "report_source",
         "report_waiting",
         "requests",
+        "retired",
         "retry_after_until",
         "running_at",
         "slots",
@@ -91,6 +96,12 @@ class RouteState:
         self.report_at = float("-inf")
         self.report_own = 0
         self.report_source: str | None = None  # "orca" or "metrics"
+        self.home_calls = 0  # calls sent here as their affinity home (affinity.py)
+        self.home_spills = 0  # calls whose first home this was, sent elsewhere
+        # its context window (fit.py): the config's, /v1/models', or a 400's word for it
+        self.max_model_len = config.max_model_len
+        self.limit_source: str | None = "config" if config.max_model_len else None
+        self.retired = False  # discovery saw it go: no new calls, those in flight finish
 
     @property
     def done(self) -> int:
@@ -106,7 +117,7 @@ class RouteState:
             "route": self.name,
             "base_url": self.config.shown_url,
             "model": self.config.model,
-            "state": self.health.state(now).value,
+            "state": "draining" if self.retired else self.health.state(now).value,
             "requests": self.requests,
             "successes": self.successes,
             "failures": self.failures,
@@ -122,6 +133,10 @@ class RouteState:
             "tokens_in_flight": self.tokens_in_flight,
             "ms_per_token": _ms(self.token_time),
             "load": load_snapshot(self, now, max_age),
+            "max_model_len": self.max_model_len,
+            "max_model_len_source": self.limit_source,
+            "affinity": {"home_calls": self.home_calls, "home_spills": self.home_spills},
+            "discovered_by": self.config.group,
         }
 
 
@@ -140,3 +155,4 @@ class Pool:
     cursor: int = 0
     names: frozenset[str] = field(default_factory=frozenset)
     index: object = None
+    homes: dict[bytes, tuple[RouteState, ...]] = field(default_factory=dict)  # affinity.py

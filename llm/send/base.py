@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..call.affinity import affinity_key
 from ..call.headers import route_headers
 from ..call.spec import AnswerKind, BodyEncoder, CallSpec
 from ..config import LLMConfig, RouteConfig
@@ -84,11 +85,16 @@ class EngineBase:
         self.life = life or Lifecycle()
         self.max_response_bytes = config.max_response_bytes
         self.orca = config.load.asks_orca(config.lb_policy)  # ask for vLLM's load reports
+        self.by_prefix = config.affinity.by_prefix
+        self.prefix_chars = config.affinity.prefix_chars
         self._urls: dict[tuple[str, str], str] = {}
         self._headers: dict[str, dict[str, str]] = {}
 
     def plan(self, spec: CallSpec) -> CallPlan:
         config = self.config
+        key = None
+        if spec.session is not None or self.by_prefix:
+            key = affinity_key(spec.session, spec.body, self.by_prefix, self.prefix_chars)
         return plan_call(
             self.balancer,
             route=spec.route,
@@ -98,6 +104,7 @@ class EngineBase:
             stream=spec.stream,
             max_retries=spec.max_retries,
             tokens=asked_tokens(spec),
+            key=key,
         )
 
     def request_for(

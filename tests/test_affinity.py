@@ -1,0 +1,331 @@
+"""Prefix affinity, without sockets: the key of a call, the homes of a key, going home or not.
+
+How this works
+--------------
+``call.affinity`` turns a call into a key; ``routing.affinity`` ranks a pool's routes for a
+key by rendezvous hashing and decides whether a call goes home. The tests check the key's
+rules on messages, that the ranking is the same in another process (another hash seed: what
+every app replica computes), that a route leaving or joining moves only its own keys, that
+weights shape the shares, and the bounded-load rule on a real ``Balancer`` with a fake clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+from conftest import FakeClock, route_config
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llm.call.affinity import MIN_HEAD, affinity_key, chat_key, prompt_key, session_key
+from llm.config import AffinityConfig, HealthConfig
+from llm.config.model import AFFINITY_BLOCK
+from llm.errors import InvalidRequestError
+from llm.factory import LLMFactory
+from llm.providers.vllm_openai import VLLMOpenAIProvider
+from llm.routing import Balancer
+from llm.routing.affinity import ranked, rendezvous_score
+from llm.routing.load import record_report
+from llm.routing.state import WARMUP_SAMPLES
+from llm.testing import FakeVLLM
+
+QUIET = HealthConfig(stall_factor=0)
+LONG_SYSTEM = "You are a careful assistant. " * 40  # 1,160 characters
+KEYS = [f"key-{i}".encode() for i in range(2000)]
+
+
+def balancer_of(n: int, *, clock: FakeClock, homes: int = 2, **weights: float) -> Balancer:
+    configs = [route_config(f"r{i}", weight=weights.get(f"r{i}", 1.0)) for i in range(n)]
+    return Balancer(
+        configs,
+        policy="least_load",
+        health=QUIET,
+        clock=clock,
+        rng=random.Random(0),
+        affinity=AffinityConfig(homes=homes),
+    )
+
+
+# -- the key of a call -----------------------------------------------------------------------
+
+
+def test_every_turn_of_a_conversation_has_the_key_of_its_system_prompt() -> None:
+    first = [{"role": "system", "content": LONG_SYSTEM}, {"role": "user", "content": "Hi"}]
+    later = [*first, {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "?"}]
+    key = chat_key(first, 4096)
+    assert key is not None and key == chat_key(later, 4096)
+    other = [{"role": "system", "content": LONG_SYSTEM + " Be brief."}, first[1]]
+    assert chat_key(other, 4096) == key  # same head up to the last whole block of it?
+    shorter = [{"role": "system", "content": LONG_SYSTEM[:-100]}, first[1]]
+    assert chat_key(shorter, 4096) != key
+
+
+def test_a_short_system_prompt_takes_the_first_user_message_along() -> None:
+    system = {"role": "system", "content": "Be helpful."}
+    opening_a = {"role": "user", "content": "Tell me about ships. " * 20}
+    opening_b = {"role": "user", "content": "Tell me about trains. " * 20}
+    a = chat_key([system, opening_a], 4096)
+    b = chat_key([system, opening_b], 4096)
+    assert a is not None and b is not None and a != b
+    turn_two = [system, opening_a, {"role": "assistant", "content": "Ships float."}]
+    assert chat_key([*turn_two, {"role": "user", "content": "More"}], 4096) == a
+
+
+def test_a_head_shorter_than_one_block_has_no_key_and_the_tail_past_a_block_is_ignored() -> None:
+    assert chat_key([{"role": "user", "content": "hi"}], 4096) is None
+    text = "x" * (3 * AFFINITY_BLOCK)
+    a = chat_key([{"role": "user", "content": text}], 4096)
+    b = chat_key([{"role": "user", "content": text + "tail"}], 4096)
+    assert a is not None and a == b  # "tail" ends inside a block that is not whole
+    assert prompt_key("p" * (AFFINITY_BLOCK - 1), 4096) is None
+    assert prompt_key("p" * 500, 256) == prompt_key("p" * 300, 256)  # cut at prefix_chars
+    assert prompt_key([1, 2, 3], 4096) is None  # token ids: nothing to hash
+
+
+def test_role_boundaries_and_content_parts_count() -> None:
+    text = "y" * MIN_HEAD
+    split_a = [{"role": "system", "content": text[:10]}, {"role": "user", "content": text[10:]}]
+    split_b = [{"role": "system", "content": text[:20]}, {"role": "user", "content": text[20:]}]
+    assert chat_key(split_a, 4096) != chat_key(split_b, 4096)
+    parts = [{"role": "user", "content": [{"type": "text", "text": text}]}]
+    plain = [{"role": "user", "content": text}]
+    assert chat_key(parts, 4096) == chat_key(plain, 4096)
+
+
+def test_a_session_gives_a_key_whatever_the_config_and_wins_over_the_prompt() -> None:
+    body = {"messages": [{"role": "system", "content": LONG_SYSTEM}]}
+    assert affinity_key(None, body, False, 4096) is None
+    assert affinity_key(None, body, True, 4096) == chat_key(body["messages"], 4096)
+    assert affinity_key("s1", body, True, 4096) == session_key("s1") != session_key("s2")
+    assert affinity_key(None, {"prompt": "z" * 200}, True, 4096) == prompt_key("z" * 200, 4096)
+
+
+# -- homes by rendezvous hashing ---------------------------------------------------------------
+
+
+def test_every_process_ranks_alike_whatever_its_hash_seed() -> None:
+    names = [f"r{i}" for i in range(6)]
+    here = [
+        [name for _, name in sorted((-rendezvous_score(k, n), n) for n in names)][:2]
+        for k in KEYS[:50]
+    ]
+    code = (
+        "import json,sys\n"
+        "from llm.routing.affinity import rendezvous_score as s\n"
+        f"names={names!r}\n"
+        "keys=[f'key-{i}'.encode() for i in range(50)]\n"
+        "print(json.dumps([[n for _,n in sorted((-s(k,n),n) for n in names)][:2] for k in keys]))"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    import json
+
+    assert json.loads(out.stdout) == here
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(3, 12), gone=st.integers(0, 11), homes=st.integers(1, 3))
+def test_a_route_that_leaves_moves_only_the_keys_it_was_home_to(
+    n: int, gone: int, homes: int
+) -> None:
+    balancer = balancer_of(n, clock=FakeClock())
+    routes = list(balancer.routes.values())
+    leaving = routes[gone % n]
+    rest = [route for route in routes if route is not leaving]
+    for key in KEYS[:300]:
+        before = ranked(key, routes, homes)
+        after = ranked(key, rest, homes)
+        if leaving not in before:
+            assert after == before  # untouched
+        else:  # the others keep their order; the next-ranked route fills the gap
+            assert after[: homes - 1] == tuple(r for r in before if r is not leaving)
+
+
+def test_a_route_that_joins_takes_keys_only_for_itself() -> None:
+    balancer = balancer_of(6, clock=FakeClock())
+    routes = list(balancer.routes.values())
+    old = routes[:5]
+    newcomer = routes[5]
+    moved = 0
+    for key in KEYS:
+        before, after = ranked(key, old, 1), ranked(key, routes, 1)
+        if after != before:
+            assert after == (newcomer,)
+            moved += 1
+    assert 0.10 < moved / len(KEYS) < 0.24  # about 1/6 of the keys
+
+
+def test_first_homes_follow_the_weights() -> None:
+    balancer = balancer_of(3, clock=FakeClock(), r0=1.0, r1=1.0, r2=2.0)
+    routes = list(balancer.routes.values())
+    firsts = Counter(ranked(key, routes, 1)[0].name for key in KEYS)
+    assert 0.42 < firsts["r2"] / len(KEYS) < 0.58  # weight 2 of 4
+    assert 0.18 < firsts["r0"] / len(KEYS) < 0.32
+
+
+# -- going home, or not --------------------------------------------------------------------------
+
+
+def _report(balancer: Balancer, name: str, running: float, waiting: float = 0.0) -> None:
+    with balancer.lock:
+        record_report(balancer.routes[name], balancer.clock(), waiting, running)
+
+
+def test_calls_with_one_key_go_to_its_first_home_while_it_has_a_free_slot() -> None:
+    clock = FakeClock(10.0)
+    balancer = balancer_of(4, clock=clock)
+    for name in balancer.routes:
+        _report(balancer, name, running=4.0)  # 4 slots known everywhere, all idle now...
+        _report(balancer, name, running=0.0)
+    pool = balancer.pool("m")
+    assert pool is not None
+    key = b"tenant-a"
+    home = ranked(key, pool.routes, 1)[0]
+    chosen = []
+    for _ in range(4):
+        route = balancer.pick(pool, (), False, 32, key)
+        assert route is not None
+        balancer.dispatch(route, 32)
+        chosen.append(route)
+    assert chosen == [home] * 4  # its 4 slots
+    assert home.home_calls == 4
+    # full now, while the other routes have room: the next calls spill over
+    spilled = balancer.pick(pool, (), False, 32, key)
+    assert spilled is not None and spilled is not home
+    assert home.home_spills == 1 or spilled.home_calls == 1  # spilled to home 2, or away
+
+
+def test_a_hot_key_never_queues_at_home_while_a_batch_elsewhere_has_room() -> None:
+    clock = FakeClock(10.0)
+    balancer = balancer_of(4, clock=clock)
+    for name in balancer.routes:
+        _report(balancer, name, running=8.0)
+        _report(balancer, name, running=0.0)
+    pool = balancer.pool("m")
+    assert pool is not None
+    key = b"the-hot-one"
+    for _ in range(32):  # the fleet's 4 x 8 slots
+        route = balancer.pick(pool, (), False, 32, key)
+        assert route is not None
+        balancer.dispatch(route, 32)
+    assert sorted(r.in_flight for r in pool.routes) == [8, 8, 8, 8]
+    homes = ranked(key, pool.routes, 2)
+    assert sum(r.home_calls for r in homes) == 16  # its two homes filled first, then spilled
+
+
+def test_a_home_much_slower_than_the_alternative_is_not_worth_its_cache() -> None:
+    clock = FakeClock(10.0)
+    balancer = balancer_of(2, clock=clock, homes=1)
+    pool = balancer.pool("m")
+    assert pool is not None
+    key = next(k for k in KEYS if ranked(k, pool.routes, 1)[0].name == "r0")
+    r0, r1 = balancer.routes["r0"], balancer.routes["r1"]
+    r0.token_time, r1.token_time = 0.04, 0.01  # the home is 4 times slower...
+    assert balancer.pick(pool, (), False, 32, key) is r0  # ...but still warming up
+    r0.latency_samples = r1.latency_samples = WARMUP_SAMPLES  # measured now
+    assert balancer.pick(pool, (), False, 32, key) is r1
+    r0.token_time = 0.012  # 1.2 times: within spill_ratio (1.5), home it is
+    assert balancer.pick(pool, (), False, 32, key) is r0
+
+
+def test_an_ejected_or_tried_home_hands_its_calls_to_the_next_ranked_route() -> None:
+    clock = FakeClock(10.0)
+    balancer = balancer_of(5, clock=clock, homes=1)
+    pool = balancer.pool("m")
+    assert pool is not None
+    key = b"session-42"
+    first, second = ranked(key, pool.routes, 2)
+    assert balancer.pick(pool, (), False, 0, key) is first
+    assert balancer.pick(pool, {first}, False, 0, key) is second  # a retry after `first`
+    started = balancer.dispatch(first)
+    balancer.failed(first, started, "boom")  # ejected
+    assert balancer.pick(pool, (), False, 0, key) is second
+
+
+def test_calls_without_a_key_draw_nothing_more_from_the_balancers_random_source() -> None:
+    a = balancer_of(3, clock=FakeClock())
+    b = Balancer(
+        [route_config(f"r{i}") for i in range(3)],
+        policy="least_load",
+        health=QUIET,
+        clock=FakeClock(),
+        rng=random.Random(0),
+    )
+    assert a.rng.random() == b.rng.random()
+
+
+# -- over real sockets -------------------------------------------------------------------------
+
+
+def _provider(servers: list[FakeVLLM], **affinity: object) -> VLLMOpenAIProvider:
+    routes = {
+        f"r{i}": {"base_url": server.base_url, "model": "m", "timeout": 5}
+        for i, server in enumerate(servers)
+    }
+    config = {"llm": {"routes": routes, "lb_policy": "least_load", "affinity": affinity}}
+    provider = LLMFactory.create_provider("vllm_openai", config=config)
+    assert isinstance(provider, VLLMOpenAIProvider)
+    return provider
+
+
+def _counts(servers: list[FakeVLLM]) -> list[int]:
+    return [server.request_count for server in servers]
+
+
+def test_a_sessions_calls_land_on_one_instance_sync_and_async() -> None:
+    servers = [FakeVLLM("m").start() for _ in range(4)]
+    provider = _provider(servers)
+    try:
+        for _ in range(6):
+            provider.chat([{"role": "user", "content": "hi"}], session="user-7")
+        after_sync = _counts(servers)
+        assert sorted(after_sync) == [0, 0, 0, 6]
+
+        async def calls() -> None:
+            for _ in range(6):
+                await provider.achat([{"role": "user", "content": "hi"}], session="user-7")
+            await provider.aclose()  # its aiohttp session belongs to this loop
+
+        asyncio.run(calls())
+        counts = _counts(servers)
+        assert sorted(counts) == [0, 0, 0, 12]
+        assert counts.index(12) == after_sync.index(6)  # the same home, sync and async
+        home = f"r{counts.index(12)}"
+        assert provider.stats()[home]["affinity"]["home_calls"] == 12
+    finally:
+        provider.close()
+        for server in servers:
+            server.stop()
+
+
+def test_by_prefix_sends_a_shared_system_prompt_home_and_spreads_distinct_ones() -> None:
+    # equal speeds that measure as equal: 8 tokens of 2 ms each (no delay is all noise)
+    servers = [FakeVLLM("m", token_delay=0.002).start() for _ in range(4)]
+    provider = _provider(servers, by_prefix=True, homes=1)
+    try:
+        for question in ("a", "b", "c", "d", "e"):
+            messages = [
+                {"role": "system", "content": LONG_SYSTEM},
+                {"role": "user", "content": question},
+            ]
+            provider.chat(messages)
+        assert sorted(_counts(servers)) == [0, 0, 0, 5]
+        for tenant in range(40):  # forty tenants, each with a system prompt of its own
+            system = f"Tenant {tenant}. " + LONG_SYSTEM
+            provider.chat([{"role": "system", "content": system}, {"role": "user", "content": "q"}])
+        assert min(_counts(servers)) >= 3  # spread, not herded
+        with pytest.raises(InvalidRequestError, match="session must be a non-empty string"):
+            provider.chat([{"role": "user", "content": "hi"}], session="")
+    finally:
+        provider.close()
+        for server in servers:
+            server.stop()
