@@ -6,9 +6,11 @@ The figures themselves live in docs/fleet.md; nothing here times the routing pol
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import itertools
 import json
 import math
+import random
 import statistics
 import subprocess
 import sys
@@ -18,17 +20,25 @@ from pathlib import Path
 
 import pytest
 
+from llm.perf import fleet_workloads as workloads
 from llm.perf.fleet import (
     FleetSpec,
     Report,
     Run,
+    Settings,
+    affinity_accepted,
+    affinity_page,
+    affinity_section,
     as_json,
     chart_svg,
+    default_clients,
     document,
+    fleet_spec,
     from_json,
+    render_markdown,
     render_text,
 )
-from llm.perf.fleet_client import open_loop
+from llm.perf.fleet_client import closed_loop, open_loop, provider_config
 from llm.perf.fleet_model import (
     CHARS_PER_TOKEN,
     SYSTEM_TOKENS,
@@ -38,6 +48,7 @@ from llm.perf.fleet_model import (
     capacity,
     imbalance,
     make_workload,
+    mix_call,
     oracle_choice,
     percentile,
     prefix_hit_rate,
@@ -324,6 +335,335 @@ def test_the_chart_is_valid_svg_with_two_bars_per_client():
     assert "(4.00×)" in labels
     widths = [float(r.get("width", 0)) for r in bars[2:]]
     assert max(widths) > min(widths)  # bars scale with their values
+
+
+# -- the prefix and hot workloads -----------------------------------------------------------
+
+
+def test_each_workload_is_seeded_and_deterministic():
+    for name in ("prefix", "hot"):
+        first = workloads.make_calls(name, 5, 6.0, 30.0, (16, 160))
+        assert first == workloads.make_calls(name, 5, 6.0, 30.0, (16, 160))
+        other = workloads.make_calls(name, 6, 6.0, 30.0, (16, 160))
+        assert [c.messages for c in other] != [c.messages for c in first]
+        assert [c.index for c in first] == list(range(len(first)))
+        times = [c.at for c in first]
+        assert times == sorted(times) and times[0] >= 0 and times[-1] < 30
+        again = workloads.closed_sessions(name, 5, (16, 160))
+        groups = workloads.closed_sessions(name, 5, (16, 160))
+        assert [next(groups) for _ in range(20)] == [next(again) for _ in range(20)]
+    assert workloads.make_calls("mixed", 5, 6.0, 30.0, (16, 160)) == make_workload(5, 6.0, 30.0)
+
+
+def test_the_mixed_closed_loop_draws_the_calls_it_drew_before_there_were_workloads():
+    rng = random.Random("saturation-3")  # what fleet_client.closed_loop drew by itself
+    before = [mix_call(rng, i, 0.0, (16, 160), system_prompts(), "s3-") for i in range(50)]
+    groups = workloads.closed_sessions("mixed", 3, (16, 160))
+    assert [next(groups) for _ in range(50)] == [[call] for call in before]
+
+
+def test_a_sessions_next_turn_resends_its_last_prompt_and_answer_byte_for_byte():
+    from llm.testing.fleet import block_hashes, chat_units
+
+    block = fleet_spec("prefix").block_size
+    for number in range(30):
+        rng = random.Random(f"t-{number}")
+        turns = workloads.make_session(rng, f"x{number}", (16, 160))
+        lo, hi = workloads.SESSION_TURNS
+        assert lo <= len(turns) <= hi and {t.session for t in turns} == {f"x{number}"}
+        assert [t.at for t in turns] == sorted(t.at for t in turns) and turns[0].at == 0
+        assert all(b.at - a.at >= workloads.THINK_MIN for a, b in itertools.pairwise(turns))
+        for before, after in itertools.pairwise(turns):
+            head = len(before.messages)
+            assert after.messages[:head] == before.messages  # the whole last prompt
+            (role, answer), last = after.messages[head], after.messages[-1]
+            assert role == "assistant" and answer and len(after.messages) == head + 2
+            assert last[0] == "user" and last[1] not in (m[1] for m in before.messages)
+            # as the fake vLLM sees it: the last prompt and its answer are a prefix of the
+            # next prompt's token units, and so are their cache blocks
+            asked = [*before.as_messages(), {"role": "assistant", "content": answer}]
+            assert chat_units(after.as_messages()).startswith(chat_units(asked))
+            hashes = block_hashes(chat_units(after.as_messages()), block)
+            earlier = block_hashes(chat_units(before.as_messages()), block)
+            assert hashes[: len(earlier)] == earlier and len(hashes) > len(earlier)
+        assert turns[0].messages[0] == ("system", workloads.prefix_prompts()[turns[0].shared])
+
+
+def test_sessions_in_a_run_keep_their_turns_in_order_and_began_before_it_too():
+    calls = workloads.prefix_workload(2, rate=8.0, duration=60.0)
+    sessions = workloads.session_turns(calls)
+    assert len(sessions) > 60
+    for turns in sessions.values():
+        sizes = [len(t.messages) for t in turns]
+        assert sizes == list(range(sizes[0], sizes[0] + 2 * len(sizes), 2))  # turn after turn
+        assert len({t.shared for t in turns}) == 1
+    # sessions start before the run (LEAD), so its first second has later turns already (a
+    # session started within the run has its second turn THINK_MIN after its first at least)
+    assert any(c.at < workloads.THINK_MIN and len(c.messages) > 2 for c in calls)
+
+
+def test_the_prefix_workloads_rate_and_popularity():
+    calls = workloads.prefix_workload(1, rate=10.0, duration=200.0)
+    assert 1700 < len(calls) < 2300  # 2000 expected
+    assert 0.4 < sum(c.stream for c in calls) / len(calls) < 0.6
+    assert all(16 <= c.max_tokens <= 160 for c in calls)
+    starts = [turns[0].shared for turns in workloads.session_turns(calls).values()]
+    weights = workloads.zipf_weights()
+    assert weights == sorted(weights, reverse=True) and sum(weights) == pytest.approx(1)
+    top = starts.count(0) / len(starts)
+    assert top == pytest.approx(weights[0], abs=0.06)  # ~30 %: a few hot...
+    assert len(set(starts)) >= 20  # ...and a long tail
+
+
+def test_the_prefixes_outgrow_one_instances_cache_but_not_the_fleets():
+    spec = fleet_spec("prefix")
+    assert (spec.cache_blocks, spec.block_size) == (workloads.CACHE_BLOCKS, 16) == (1024, 16)
+    assert spec.cache_tokens == 16384 and spec.prefill_ms_per_token == 0.2
+    assert spec.speeds == FleetSpec().speeds and fleet_spec("mixed") == FleetSpec()
+    prompts = workloads.prefix_prompts()
+    assert len(set(prompts)) == len(prompts) == workloads.PREFIX_PROMPTS == 24
+    # tokens as the fake counts them, per distinct system prompt
+    sizes = [len(p) // CHARS_PER_TOKEN for p in prompts]
+    assert sizes == list(workloads.prefix_prompt_tokens())
+    assert min(sizes) >= 1024 and max(sizes) <= 2048
+    total = sum(sizes)
+    assert total > 2 * spec.cache_tokens  # 36,853 > 16,384: one cache holds under half
+    assert total < len(spec.speeds) * spec.cache_tokens  # < 65,536: the fleet's caches hold them
+    # and a run does use them: the prompts its sessions pick outgrow one cache too
+    used = {c.shared for c in workloads.prefix_workload(0, rate=5.0, duration=50.0)}
+    assert sum(sizes[k] for k in used if k is not None) > spec.cache_tokens
+    # a miss on the longest prompt costs a visible part of a TTFT at speed 1
+    assert max(sizes) * spec.prefill_ms_per_token >= 400
+
+
+def test_the_hot_workload_has_its_hot_share_on_one_long_prompt():
+    assert workloads.HOT_SHARE == 0.8
+    calls = workloads.hot_workload(3, rate=20.0, duration=150.0)
+    assert 2700 < len(calls) < 3300
+    hot = [c for c in calls if c.shared is not None]
+    assert len(hot) / len(calls) == pytest.approx(0.8, abs=0.025)
+    system = {c.messages[0] for c in hot}
+    assert system == {("system", workloads.hot_prompt())}
+    assert len(workloads.hot_prompt()) // CHARS_PER_TOKEN == workloads.HOT_TOKENS == 2048
+    assert {c.shared for c in hot} == {0} and all(c.session is None for c in calls)
+    unique = [c.messages[0][1] for c in calls if c.shared is None]
+    assert all(len(c.messages) == 1 for c in calls if c.shared is None)
+    assert len({text[:24] for text in unique}) == len(unique)
+    groups = workloads.closed_sessions("hot", 0, (16, 160))
+    closed = [next(groups) for _ in range(3000)]
+    assert all(len(group) == 1 for group in closed)
+    share = sum(group[0].shared is not None for group in closed) / len(closed)
+    assert share == pytest.approx(0.8, abs=0.025)  # capacity is measured on the same mix
+
+
+def test_a_session_call_survives_json_and_an_old_call_still_reads():
+    calls = workloads.prefix_workload(4, rate=5.0, duration=10.0)
+    assert calls and all(c.session for c in calls)
+    again = [Call.from_json(item) for item in json.loads(json.dumps([c.to_json() for c in calls]))]
+    assert again == calls
+    old = [0, 1.5, [["user", "x"]], 16, False, None]  # six fields: before sessions
+    assert Call.from_json(old) == Call(0, 1.5, (("user", "x"),), 16, False, None, None)
+    assert Call(0, 0.0, (), 1, False, None).to_json() == [0, 0.0, (), 1, False, None]
+
+
+def test_the_closed_loop_sends_a_sessions_turns_in_order_one_after_another():
+    sent: list[Call] = []
+
+    async def send(call: Call, due: float) -> dict:
+        sent.append(call)
+        await asyncio.sleep(0.01)
+        return {"inst": "i0", "ttft": None}
+
+    async def main() -> list[dict]:
+        anchor = asyncio.get_running_loop().time()
+        return await closed_loop(send, anchor, 0.4, 3, 0, [16, 160], "prefix")
+
+    records = asyncio.run(main())
+    assert records and all(r["ok"] for r in records)
+    by_session: dict[str, list[int]] = {}
+    for call in sent:
+        assert call.session is not None
+        by_session.setdefault(call.session, []).append(call.index)  # index: the turn
+    assert len(by_session) >= 3
+    for turns in by_session.values():
+        assert turns == list(range(len(turns)))
+    assert max(len(turns) for turns in by_session.values()) >= 2
+
+
+def test_affinity_clients_and_their_provider_config():
+    options = workloads.client_options("least_load+affinity")
+    assert (options.policy, options.affinity, options.session) == (
+        "least_load", {"by_prefix": True}, True,
+    )  # fmt: skip
+    assert workloads.client_options("least_load+by_prefix").session is False
+    assert workloads.client_options("round_robin") == workloads.ClientOptions(
+        "round_robin", None, session=False
+    )
+    instances = [{"name": "i0", "url": "http://127.0.0.1:9", "speed": 1.0}]
+    config = provider_config({"client": "least_load+affinity", "model": "m",
+                              "instances": instances, "load_poll": 0.5})  # fmt: skip
+    assert config["llm"]["lb_policy"] == "least_load"
+    assert config["llm"]["affinity"] == {"by_prefix": True}
+    plain = provider_config({"client": "least_load", "model": "m", "instances": instances})
+    assert "affinity" not in plain["llm"] and plain["llm"]["lb_policy"] == "least_load"
+    if affinity_accepted():
+        from llm.config import parse_config
+
+        parse_config(config, environ={})  # the config takes what the client sends
+    policies = ["round_robin", "least_latency", "least_load"]
+    assert default_clients("mixed", True) == policies  # docs/fleet.md stays comparable
+    assert default_clients("prefix", False) == policies
+    assert default_clients("prefix", True) == [*policies, "least_load+affinity",
+                                               "least_load+by_prefix"]  # fmt: skip
+    assert default_clients("hot", True) == [*policies, "least_load+affinity"]
+
+
+def test_only_the_affinity_client_passes_session(monkeypatch: pytest.MonkeyPatch):
+    import llm.factory
+    from llm.perf.fleet_client import _provider_client
+
+    seen: list[dict] = []
+
+    class FakeProvider:
+        async def achat_completion(self, messages: list, **options: object) -> object:
+            seen.append(dict(options))
+            return type("Result", (), {"route": "i0", "usage": None})()
+
+        async def aclose(self) -> None:
+            pass
+
+    monkeypatch.setattr(
+        llm.factory.LLMFactory, "create_provider", staticmethod(lambda *a, **k: FakeProvider())
+    )
+    call = workloads.prefix_workload(0, rate=5.0, duration=10.0)[0]
+    call = Call(call.index, call.at, call.messages, call.max_tokens, False, 0, call.session)
+    instances = [{"name": "i0", "url": "http://127.0.0.1:9", "speed": 1.0}]
+
+    async def main(client: str) -> dict:
+        spec = {"client": client, "model": "m", "instances": instances}
+        send, close = await _provider_client(spec)
+        record = await send(call, 0.0)
+        await close()
+        return record
+
+    for client in ("least_load+affinity", "least_load+by_prefix", "least_load"):
+        assert asyncio.run(main(client))["inst"] == "i0"
+    assert seen == [
+        {"max_tokens": call.max_tokens, "session": call.session},
+        {"max_tokens": call.max_tokens},
+        {"max_tokens": call.max_tokens},
+    ]
+
+
+def _bench_script():
+    path = ROOT / "scripts" / "bench_fleet.py"
+    spec = importlib.util.spec_from_file_location("bench_fleet_script", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_workload_option_selects_calls_and_fleet(capsys: pytest.CaptureFixture[str]):
+    script = _bench_script()
+    args, settings = script.parse([])
+    assert args.workload == settings.workload == "mixed" and settings.fleet == FleetSpec()
+    assert settings == Settings()
+    args, settings = script.parse(["--workload", "prefix", "--quick", "--seed", "3"])
+    assert settings.workload == "prefix" and settings.fleet == fleet_spec("prefix")
+    assert settings.fleet.cache_blocks == 1024 and settings.duration == 3.0
+    assert settings.seed == 3 and settings.max_tokens == Settings.quick().max_tokens
+    _, settings = script.parse(["--workload", "hot", "--policies", "least_load+affinity"])
+    assert settings.workload == "hot" and settings.policies == ("least_load+affinity",)
+    assert settings.duration == Settings().duration
+    for bad in (["--workload", "prefixes"], ["--policies", "least_load+cache"]):
+        with pytest.raises(SystemExit) as stop:
+            script.parse(bad)
+        assert stop.value.code == 2
+    assert "prefixes" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown workload"):
+        Settings(workload="nope")
+    with pytest.raises(ValueError, match="unknown workload"):
+        workloads.make_calls("nope", 0, 1.0, 1.0, (16, 160))
+
+
+def affinity_report(workload: str, affinity_p99: float = 9.0) -> Report:
+    """A report of ``workload`` with the oracle, least_load and least_load+affinity."""
+    spec = fleet_spec(workload)
+    names = spec.names
+
+    def run(client: str, p99: float, hit: float) -> Run:
+        records = [record(i, p99 * (i + 1) / 8, names[i % 4], p99 / 4) for i in range(8)]
+        figures = summarize(client, 1, records, names, [[3, 1, 0, 0]], hit)
+        return Run(figures, wall=60.0, fleet_cpu=20.0, client_cpu=10.0)
+
+    runs = [run("oracle", 4.0, 40.0), run("least_load", 8.0, 35.0),
+            run("least_load+affinity", affinity_p99, 70.0)]  # fmt: skip
+    with_ratios([r.figures for r in runs], runs[0].figures)
+    from llm.perf.fleet import _settings_dict
+
+    settings = Settings.for_workload(workload, replicas=(1,))
+    return Report(
+        settings=_settings_dict(settings), capacity=5.0, rate=4.0, calls=200,
+        policies=["least_load", "least_load+affinity"], load_polling=True, tables={1: runs},
+        cores=2, wall=100.0, cpu=50.0, affinity=True,
+    )  # fmt: skip
+
+
+def test_the_text_and_markdown_of_a_prefix_run_show_hits_and_tails_against_both_references():
+    report = affinity_report("prefix", affinity_p99=6.0)
+    assert report.workload == "prefix"
+    text = render_text(report)
+    assert "workload prefix; prefix cache 16384 tokens per instance, prefill 0.2 ms/token" in text
+    assert "p99 ÷ least_load" in text and "prefix hit %" in text
+    summary = text.split("prefix cache and tails, 1 app replica(s):")[1]
+    line = next(row for row in summary.splitlines() if row.startswith("least_load+affinity"))
+    # hits, TTFT p99, p99 (the 99th percentile of 8 calls up to 6 s), then the ratios
+    assert line.split()[1:] == ["70", "1.50", "5.95", "1.50×", "1.50×", "0.75×", "0.75×"]
+    page = render_markdown(report)
+    assert "| least_load+affinity | 70 | 1.50 | 5.95 | 1.50× | 1.50× | 0.75× | 0.75× |" in page
+    # a mixed report keeps its tables as they were: no summary
+    assert "p99 ÷ least_load" not in render_markdown(sample_report())
+    again = from_json(json.loads(json.dumps(as_json(report))))
+    assert again.workload == "prefix" and again.affinity and render_text(again) == text
+    old = as_json(sample_report())
+    del old["affinity"], old["settings"]["workload"]  # a JSON from before the workloads
+    assert from_json(old).workload == "mixed" and not from_json(old).affinity
+
+
+def test_the_hot_section_says_whether_affinity_kept_within_a_tenth_of_least_load():
+    met = affinity_section(affinity_report("hot", 8.5), date="d", machine="m", chart_file="h.svg")
+    assert "p99 1.06× `least_load`'s (aim ≤ 1.10×: met)" in met
+    assert "prefix-cache hits 70 % (`least_load` 35 %)" in met
+    missed = affinity_section(affinity_report("hot", 9.2), date="d", machine="m", chart_file="x")
+    assert "(aim ≤ 1.10×: NOT met)" in missed
+    assert met.startswith("<!-- fleet-affinity:hot -->")
+    assert met.endswith("<!-- /fleet-affinity:hot -->")
+    assert "![p99 and TTFT p99 per client, workload hot](h.svg)" in met
+    words = " ".join(met.split())  # the prose is wrapped
+    assert "80% of the calls begin with the same system prompt of 2,048 tokens" in words
+    with pytest.raises(ValueError):
+        affinity_section(sample_report(), date="d", machine="m", chart_file="x")
+
+
+def test_the_affinity_page_replaces_its_own_section_and_keeps_the_others():
+    hot = affinity_section(affinity_report("hot"), date="D1", machine="m", chart_file="h.svg")
+    page = affinity_page(None, "hot", hot)
+    assert page.startswith("# Fleet latency with prefix affinity")
+    assert hot in page and "Not run yet: `python scripts/bench_fleet.py --workload prefix" in page
+    assert page.index("fleet-affinity:prefix") < page.index("fleet-affinity:hot")
+    prefix = affinity_section(affinity_report("prefix"), date="D2", machine="m", chart_file="p")
+    words = " ".join(prefix.split())  # the prose is wrapped
+    assert "36,853 tokens in all: 2.25× what one instance's prefix cache holds" in words
+    both = affinity_page(page, "prefix", prefix)
+    assert hot in both and prefix in both and "Not run yet" not in both
+    newer = hot.replace("on D1", "on D3")
+    assert newer != hot
+    last = affinity_page(both, "hot", newer)
+    assert newer in last and hot not in last and prefix in last
+    assert last.count("<!-- fleet-affinity:hot -->") == 1
+    with pytest.raises(ValueError):
+        affinity_page(None, "mixed", "")
 
 
 # -- one live run ---------------------------------------------------------------------------

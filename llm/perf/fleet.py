@@ -30,7 +30,16 @@ a window after a warm-up is the capacity for this workload mix.
 **The workload** (``llm.perf.fleet_model``) is open-loop Poisson at ``load`` × capacity (0.8)
 for ``duration`` seconds, seeded, the same calls for every client: half share one of four long
 system prompts, half are unique; half are streamed; ``max_tokens`` is uniform in 16-160. Calls
-are sent at their absolute arrival times whether or not earlier ones have finished.
+are sent at their absolute arrival times whether or not earlier ones have finished. That is
+the ``mixed`` workload (``Settings.workload``); ``prefix`` (multi-turn sessions over more long
+system prompts than one instance's cache holds) and ``hot`` (one hot system prompt) are in
+``llm.perf.fleet_workloads``, which also says the fleet they run on (:func:`fleet_spec`: a
+smaller prefix cache, a dearer prefill). Capacity is measured per workload, with its own mix.
+
+**Affinity clients**: when the config takes ``llm.affinity`` (:func:`affinity_accepted`),
+``least_load+affinity`` (``by_prefix`` on, and a session's calls pass ``session=``) and, for
+workloads with sessions, ``least_load+by_prefix`` (no ``session=``) run after the policies;
+with ``mixed`` only when named in ``Settings.policies`` (docs/fleet.md stays as it was).
 
 **Measured** per client: latency p50/p95/p99 and, for streamed calls, time to first content
 p50/p99, both counted from the arrival time; completed calls/s; failed calls (with their
@@ -38,11 +47,14 @@ errors); each instance's share; the fleet's prefix-cache hit rate (the counters'
 ``/metrics``, summed); and queue imbalance: every 0.25 s a thread here reads each instance's
 waiting count (``batch_load()``), and over the samples whose mean waiting is at least 1 the
 worst and the mean of ``max / mean`` are reported. Each client's p99 and TTFT p99 are also
-given as a ratio to the oracle's in the same table. The CPU of the fleet process and of the
+given as a ratio to the oracle's in the same table (and, in the ``prefix`` / ``hot`` summary,
+to plain ``least_load``'s). The CPU of the fleet process and of the
 clients is reported against the wall time, to show that neither is the bottleneck.
 
 :func:`benchmark` runs it all; :func:`render_text` / :func:`render_markdown` /
-:func:`chart_svg` / :func:`document` present it (``scripts/bench_fleet.py``, docs/fleet.md).
+:func:`chart_svg` / :func:`document` present it (``scripts/bench_fleet.py``, docs/fleet.md);
+for ``prefix`` and ``hot``, :func:`affinity_section` / :func:`affinity_page` write one section
+each of docs/fleet-affinity.md.
 """
 
 from __future__ import annotations
@@ -56,6 +68,7 @@ import selectors
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 import urllib.request
@@ -64,14 +77,15 @@ from dataclasses import asdict, dataclass, field
 from html import escape
 from typing import TYPE_CHECKING, Any
 
+from . import fleet_workloads as workloads
 from .fleet_model import (
     Figures,
     capacity,
-    make_workload,
     prefix_hit_rate,
     summarize,
     with_ratios,
 )
+from .fleet_model import ratio as ratio_of
 
 if TYPE_CHECKING:
     from ..testing import FakeVLLM
@@ -100,6 +114,16 @@ class FleetSpec:
     def names(self) -> list[str]:
         return [f"i{k}" for k in range(len(self.speeds))]
 
+    @property
+    def cache_tokens(self) -> int:
+        """What one instance's prefix cache holds, in tokens."""
+        return self.cache_blocks * self.block_size
+
+
+def fleet_spec(workload: str) -> FleetSpec:
+    """The fleet a workload runs on (``fleet_workloads.fleet_overrides``)."""
+    return FleetSpec(**workloads.fleet_overrides(workload))
+
 
 @dataclass
 class Settings:
@@ -112,6 +136,16 @@ class Settings:
     warmup: float = 10.0  # capacity: seconds before the window
     window: float = 20.0  # capacity: the window
     fleet: FleetSpec = field(default_factory=FleetSpec)
+    workload: str = workloads.DEFAULT_WORKLOAD
+
+    def __post_init__(self) -> None:
+        workloads.check_workload(self.workload)
+
+    @classmethod
+    def for_workload(cls, workload: str, *, quick: bool = False, **overrides: Any) -> Settings:
+        """Settings for ``workload`` on its fleet (``quick``: as :meth:`quick`)."""
+        overrides = {"workload": workload, "fleet": fleet_spec(workload), **overrides}
+        return cls.quick(**overrides) if quick else cls(**overrides)
 
     @classmethod
     def quick(cls, **overrides: Any) -> Settings:
@@ -150,6 +184,11 @@ class Report:
     wall: float = 0.0
     cpu: float = 0.0  # this process and its children, over the whole benchmark
     errors: list[str] = field(default_factory=list)  # clients that could not run
+    affinity: bool = False  # did the config take llm.affinity (the affinity clients)
+
+    @property
+    def workload(self) -> str:
+        return str(self.settings.get("workload", workloads.DEFAULT_WORKLOAD))
 
 
 # -- the fleet ------------------------------------------------------------------------------
@@ -354,10 +393,35 @@ def load_polling_accepted() -> bool:
     return True
 
 
+def affinity_accepted() -> bool:
+    """Does the config take ``llm.affinity`` (prefix affinity's section)?"""
+    from ..config import parse_config
+    from ..errors import ConfigError
+
+    route = {"base_url": "http://127.0.0.1:9/v1", "model": MODEL}
+    llm = {"routes": {"a": route}, "lb_policy": "least_load", "affinity": {"by_prefix": True}}
+    try:
+        parse_config({"llm": llm}, environ={})
+    except ConfigError:
+        return False
+    return True
+
+
 def known_policies() -> list[str]:
     from ..config import KNOWN_POLICIES
 
     return list(KNOWN_POLICIES)
+
+
+def known_clients() -> list[str]:
+    """What ``Settings.policies`` may name: every policy, and the affinity clients."""
+    return known_policies() + workloads.all_affinity_clients()
+
+
+def default_clients(workload: str, affinity: bool) -> list[str]:
+    """Every policy, then (config permitting, ``mixed`` excepted) the affinity clients."""
+    extra = workloads.affinity_clients(workload) if affinity and workload != "mixed" else []
+    return known_policies() + extra
 
 
 # -- the phases -----------------------------------------------------------------------------
@@ -381,6 +445,7 @@ def measure_capacity(settings: Settings, progress: Progress = lambda _: None) ->
             "duration": duration,
             "seed": settings.seed,
             "tokens": list(settings.max_tokens),
+            "workload": settings.workload,
         }
         (result,) = run_processes([client], workdir, bound=duration + 60)
     completions = [r["end"] for r in result["records"] if r["ok"]]
@@ -450,17 +515,28 @@ def run_client(
 def benchmark(settings: Settings, progress: Progress = lambda _: None) -> Report:
     """Capacity, then every client over the same workload, per replica count."""
     began, cpu = time.monotonic(), _cpu_total()
-    policies = list(settings.policies) if settings.policies is not None else known_policies()
+    affinity = affinity_accepted()
+    policies = (
+        list(settings.policies)
+        if settings.policies is not None
+        else default_clients(settings.workload, affinity)
+    )
+    errors: list[str] = []
+    if not affinity:
+        for client in [p for p in policies if p in workloads.all_affinity_clients()]:
+            errors.append(f"{client}: this version's config does not take llm.affinity")
+            policies.remove(client)
     polling = load_polling_accepted()
     measured = measure_capacity(settings, progress)
     rate = settings.load * measured
-    calls = make_workload(settings.seed, rate, settings.duration, settings.max_tokens)
+    calls = workloads.make_calls(
+        settings.workload, settings.seed, rate, settings.duration, settings.max_tokens
+    )
     progress(
-        f"capacity {measured:.2f} calls/s; workload: {len(calls)} calls at {rate:.2f}/s "
-        f"for {settings.duration:.0f} s"
+        f"capacity {measured:.2f} calls/s; workload {settings.workload}: {len(calls)} calls at "
+        f"{rate:.2f}/s for {settings.duration:.0f} s"
     )
     tables: dict[int, list[Run]] = {}
-    errors: list[str] = []
     with tempfile.TemporaryDirectory(prefix="fleet-") as workdir:
         calls_path = os.path.join(workdir, "calls.json")
         with open(calls_path, "w", encoding="utf-8") as out:
@@ -493,6 +569,7 @@ def benchmark(settings: Settings, progress: Progress = lambda _: None) -> Report
         tables=tables,
         cores=os.cpu_count() or 1,
         errors=errors,
+        affinity=affinity,
     )
     report.wall = time.monotonic() - began
     report.cpu = _cpu_total() - cpu
@@ -648,11 +725,54 @@ CPU_HEAD = [
 
 def _intro(report: Report) -> str:
     s = report.settings
-    return (
+    text = (
         f"capacity {report.capacity:.2f} calls/s (measured); workload {report.calls} calls at "
         f"{report.rate:.2f}/s ({s['load']:.0%} of capacity) for {s['duration']:.0f} s, seed "
         f"{s['seed']}; load polling {'on (0.5 s)' if report.load_polling else 'not available'}"
     )
+    if report.workload == "mixed":
+        return text
+    spec = FleetSpec(**_fleet_args(s))
+    return (
+        f"workload {report.workload}; prefix cache {spec.cache_tokens} tokens per instance, "
+        f"prefill {spec.prefill_ms_per_token:g} ms/token; llm.affinity "
+        f"{'accepted' if report.affinity else 'not accepted by this version'}\n{text}"
+    )
+
+
+BASELINE = "least_load"  # what the affinity clients are compared with, besides the oracle
+
+SUMMARY_HEAD = [
+    "client",
+    "prefix hit %",
+    "TTFT p99 s",
+    "p99 s",
+    "TTFT p99 ÷ oracle",
+    "p99 ÷ oracle",
+    f"TTFT p99 ÷ {BASELINE}",
+    f"p99 ÷ {BASELINE}",
+]
+
+
+def summary_rows(runs: Sequence[Run]) -> list[list[str]]:
+    """Per client: the prefix-cache hit rate and the tails, against the oracle and least_load."""
+    base = next((run.figures for run in runs if run.figures.client == BASELINE), None)
+    rows = []
+    for run in runs:
+        f = run.figures
+        rows.append(
+            [
+                _label(f),
+                "—" if f.prefix_hit is None else f"{f.prefix_hit:.0f}",
+                _s(f.ttft_p99),
+                _s(f.p99),
+                _x(f.ttft_p99_ratio),
+                _x(f.p99_ratio),
+                _x(ratio_of(f.ttft_p99, base.ttft_p99) if base else None),
+                _x(ratio_of(f.p99, base.p99) if base else None),
+            ]
+        )
+    return rows
 
 
 def render_text(report: Report) -> str:
@@ -664,6 +784,9 @@ def render_text(report: Report) -> str:
         for run in runs:
             if run.figures.failed:
                 parts.append(f"  {run.figures.client}: failed calls: {run.figures.errors}")
+        if report.workload != "mixed":
+            parts.append(f"\nprefix cache and tails, {replicas} app replica(s):")
+            parts.append(_text_table(SUMMARY_HEAD, summary_rows(runs)))
     parts += [f"NOT RUN: {error}" for error in report.errors]
     parts.append("\nCPU:")
     parts.append(_text_table(CPU_HEAD, cpu_rows(report)))
@@ -687,6 +810,9 @@ def render_markdown(report: Report) -> str:
     for replicas, runs in report.tables.items():
         title = "one app replica" if replicas == 1 else f"{replicas} app replicas"
         parts.append(f"### Each policy with {title}\n")
+        if report.workload != "mixed":
+            parts.append(_markdown_table(SUMMARY_HEAD, summary_rows(runs)))
+            parts.append("\nAll the figures:\n")
         parts.append(_markdown_table(header(names), table_rows(runs)))
         for run in runs:
             if run.figures.failed:
@@ -890,16 +1016,209 @@ process per client replica) on 127.0.0.1. Is the benchmark itself a bottleneck? 
 """
 
 
+# -- docs/fleet-affinity.md: the prefix and hot workloads -----------------------------------
+
+AFFINITY_DOC = "fleet-affinity.md"
+
+
+def affinity_chart_file(workload: str) -> str:
+    return f"fleet-affinity-{workload}.svg"
+
+
+def _begin(workload: str) -> str:
+    return f"<!-- fleet-affinity:{workload} -->"
+
+
+def _end(workload: str) -> str:
+    return f"<!-- /fleet-affinity:{workload} -->"
+
+
+def _workload_prose(workload: str, s: dict[str, Any]) -> str:
+    w = workloads
+    low, high = s["max_tokens"]
+    spec = FleetSpec(**_fleet_args(s))
+    tail = (
+        f"Half of the calls are streamed; `max_tokens` is uniform in {low}-{high}, and the fake "
+        "generates exactly that many tokens."
+    )
+    if workload == "prefix":
+        tokens = w.prefix_prompt_tokens()
+        weights = w.zipf_weights()
+        total = sum(tokens)
+        fleet_tokens = spec.cache_tokens * len(spec.speeds)
+        return (
+            f"Multi-turn conversations over {w.PREFIX_PROMPTS} long system prompts of "
+            f"{min(tokens):,}-{max(tokens):,} tokens ({total:,} tokens in all: "
+            f"{total / spec.cache_tokens:.2f}× what one instance's prefix cache holds, "
+            f"{total / fleet_tokens:.0%} of the four caches together). A session picks its "
+            f"system prompt by a Zipf law (weight 1 / rank^{w.ZIPF_EXPONENT:g}: the most popular "
+            f"is {weights[0]:.0%} of the sessions, the first three {sum(weights[:3]):.0%}, the "
+            f"last {weights[-1]:.1%}) and has {w.SESSION_TURNS[0]}-{w.SESSION_TURNS[1]} turns "
+            "(uniform). Each turn resends the whole conversation so far (the system prompt, the "
+            "earlier user messages and assistant answers: an answer is synthetic text fixed per "
+            "turn, the same bytes in every later turn) and adds a user message of "
+            f"{w.USER_TOKENS[0]}-{w.USER_TOKENS[1]} tokens (answers: {w.ANSWER_TOKENS[0]}-"
+            f"{w.ANSWER_TOKENS[1]} tokens), so a turn's prompt begins with the previous turn's "
+            "prompt and answer. Sessions start as a Poisson process at the rate / "
+            f"{w.mean_turns():g} (the mean turns), from {w.LEAD:g} s before the run so that the "
+            f"calls' rate is steady from its start; a turn comes {w.THINK_MIN:g} s + an "
+            f"exponential time of mean {w.THINK_MEAN:g} s after the previous one (a compressed "
+            "think time, whether or not the previous one was answered). Every call carries its "
+            f"session's id. {tail}"
+        )
+    return (
+        f"One hot prefix: {w.HOT_SHARE:.0%} of the calls begin with the same system prompt of "
+        f"{w.HOT_TOKENS:,} tokens and ask a short question of their own (20-100 tokens); the "
+        "others are one unique prompt of 100-400 tokens. No sessions. Affinity sends the calls "
+        "of one key to the same homes; this checks that the hot key spreads over the fleet "
+        f"when its homes are busy: the aim is a p99 within 1.10× of plain `{BASELINE}`'s. "
+        f"{tail}"
+    )
+
+
+def _affinity_findings(report: Report) -> list[str]:
+    lines = []
+    for replicas, runs in report.tables.items():
+        base = next((run.figures for run in runs if run.figures.client == BASELINE), None)
+        for run in runs:
+            f = run.figures
+            if f.client not in workloads.all_affinity_clients() or base is None:
+                continue
+            p99 = ratio_of(f.p99, base.p99)
+            aim = ""
+            if report.workload == "hot" and p99 is not None:
+                aim = " (aim ≤ 1.10×: " + ("met" if p99 <= 1.10 else "NOT met") + ")"
+            hit = "—" if f.prefix_hit is None else f"{f.prefix_hit:.0f} %"
+            base_hit = "—" if base.prefix_hit is None else f"{base.prefix_hit:.0f} %"
+            lines.append(
+                f"- `{f.client}` ×{replicas}: prefix-cache hits {hit} (`{BASELINE}` {base_hit}); "
+                f"TTFT p99 {_x(ratio_of(f.ttft_p99, base.ttft_p99))} and p99 {_x(p99)} "
+                f"`{BASELINE}`'s{aim}; p99 {_x(f.p99_ratio)} the oracle's"
+            )
+    return lines
+
+
+def affinity_section(report: Report, *, date: str, machine: str, chart_file: str) -> str:
+    """One workload's section of docs/fleet-affinity.md, between its markers."""
+    workload = report.workload
+    if workload == "mixed":
+        raise ValueError("the mixed workload is docs/fleet.md (document())")
+    s = report.settings
+    polling = "every 0.5 s" if report.load_polling else "not available in this version"
+    affinity = (
+        "taken by the config"
+        if report.affinity
+        else "not taken by this version's config: the affinity clients did not run"
+    )
+    findings = _affinity_findings(report)
+    found = "\n".join(findings) if findings else "(no affinity client ran)"
+    return f"""{_begin(workload)}
+## Workload `{workload}`
+
+Generated by `python scripts/bench_fleet.py --workload {workload} --write` on {date}
+({machine}).
+
+{textwrap.fill(_workload_prose(workload, s), 95, break_on_hyphens=False)}
+
+Capacity of the fleet for this mix (the oracle's closed loop with the same mix, {s["window"]:g} s
+after {s["warmup"]:g} s of warm-up): **{report.capacity:.2f} calls/s**. The run: open-loop
+arrivals at {s["load"]:.0%} of it ({report.rate:.2f} calls/s) for {s["duration"]:g} s,
+{report.calls} calls, seed {s["seed"]}, the same for every client. Clients: the oracle,
+`{"`, `".join(report.policies)}`. `llm.affinity`: {affinity}. Load polling: {polling}.
+
+Affinity against plain `{BASELINE}` (same table):
+
+{found}
+
+![p99 and TTFT p99 per client, workload {workload}]({chart_file})
+
+{render_markdown(report)}
+{_end(workload)}"""
+
+
+def _affinity_header() -> str:
+    base, spec = FleetSpec(), fleet_spec("prefix")
+    rate = 1000 / spec.prefill_ms_per_token
+    miss = 2000 * spec.prefill_ms_per_token
+    slowest = min(spec.speeds)
+    return f"""# Fleet latency with prefix affinity
+
+Generated by `python scripts/bench_fleet.py --workload prefix --write` and
+`python scripts/bench_fleet.py --workload hot --write`: each run rewrites its own section of
+this page and its own chart (`{affinity_chart_file("<workload>")}`) and keeps the other
+section; [fleet.md](fleet.md) (the `mixed` workload) is left alone. The fleet, the oracle, the
+clients of the policies, the capacity measurement and the columns are those of
+[fleet.md](fleet.md); what differs:
+
+- **The fleet's cache and prefill.** Each instance's prefix cache holds {spec.cache_blocks:,}
+  blocks of {spec.block_size} tokens, {spec.cache_tokens:,} tokens (fleet.md's:
+  {base.cache_tokens:,}, which would hold every prefix below on every instance, so routing
+  could not matter), and prefill costs {spec.prefill_ms_per_token:g} ms per uncached prompt
+  token ({rate:,.0f} tokens/s at speed 1, between a 70B model at ~3k tokens/s and an 8B one at
+  10-20k on one GPU; fleet.md: {base.prefill_ms_per_token:g} ms). A miss on a 2,000-token
+  prefix then costs {miss:.0f} ms at speed 1 and {miss / slowest / 1000:.1f} s at speed
+  {slowest:g}, and a step's prefill holds up every sequence running on that instance: a
+  visible part of TTFT and of capacity.
+- **The affinity clients** (when the config takes `llm.affinity`): `{workloads.AFFINITY}` is
+  `least_load` with `llm.affinity: {{by_prefix: true}}` (the library's defaults for `homes`
+  and `spill_ratio`), and a session's calls pass `session=<its id>`; `{workloads.BY_PREFIX}`
+  is the same without `session=` (the key is the prompt's head: here the system prompt), run
+  for workloads with sessions.
+- **The oracle** knows every queue but no cache (join the shortest queue, weighted by speed),
+  so a client that keeps prefixes where they are cached can beat it.
+- **The summary table** of each replica count gives per client the fleet's prefix-cache hit
+  rate (hit tokens over queried tokens, from the instances' `/metrics` counters), TTFT p99 and
+  p99, and their ratios to the oracle's and to plain `{BASELINE}`'s; all the columns of
+  fleet.md follow it.
+"""
+
+
+def _placeholder(workload: str) -> str:
+    return (
+        f"{_begin(workload)}\n## Workload `{workload}`\n\nNot run yet: "
+        f"`python scripts/bench_fleet.py --workload {workload} --write`.\n{_end(workload)}"
+    )
+
+
+def _section_of(page: str, workload: str) -> str | None:
+    begin, end = _begin(workload), _end(workload)
+    start = page.find(begin)
+    stop = page.find(end, start + len(begin)) if start >= 0 else -1
+    return page[start : stop + len(end)] if stop >= 0 else None
+
+
+def affinity_page(existing: str | None, workload: str, section: str) -> str:
+    """docs/fleet-affinity.md with ``workload``'s section replaced by ``section`` and every
+    other workload's section kept from ``existing`` (a placeholder when it has none)."""
+    if workload == "mixed" or workload not in workloads.WORKLOADS:
+        raise ValueError(f"no section of {AFFINITY_DOC} for the workload {workload!r}")
+    parts = []
+    for name in workloads.WORKLOADS:
+        if name == "mixed":
+            continue
+        kept = _section_of(existing or "", name)
+        parts.append(section.strip() if name == workload else kept or _placeholder(name))
+    return _affinity_header() + "\n" + "\n\n".join(parts) + "\n"
+
+
 __all__ = [
+    "AFFINITY_DOC",
     "FleetSpec",
     "Report",
     "Run",
     "Settings",
+    "affinity_accepted",
+    "affinity_chart_file",
+    "affinity_page",
+    "affinity_section",
     "as_json",
     "benchmark",
     "chart_svg",
+    "default_clients",
     "document",
+    "fleet_spec",
     "from_json",
+    "known_clients",
     "measure_capacity",
     "render_markdown",
     "render_text",

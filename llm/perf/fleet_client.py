@@ -6,7 +6,9 @@ How this works
 which runs the fake fleet). The spec names the client (``"oracle"`` or a routing policy), the
 instances (name, URL, speed), and either an open-loop slice of the workload (the workload file,
 this replica's number, the replica count and the seed that assigns calls to replicas) or a
-closed loop (concurrency, duration, seed: the capacity measurement).
+closed loop (concurrency, duration, seed, workload: the capacity measurement; each worker
+sends the calls of one ``fleet_workloads.closed_sessions`` group after another, a session's
+turns in order).
 
 The handshake keeps every replica on one schedule: the child sets everything up (a provider,
 or an aiohttp session for the oracle), prints ``ready``, and reads one line from stdin: the
@@ -18,7 +20,9 @@ count from the scheduled time, so a client that falls behind pays for it; ``lag`
 late each call actually left.
 
 - **provider clients**: ``LLMFactory.create_provider("vllm_openai", config=...)`` with one
-  route per instance and ``lb_policy`` set; ``achat_completion`` or ``astream_events``.
+  route per instance and ``lb_policy`` set; ``achat_completion`` or ``astream_events``. An
+  affinity client (``fleet_workloads.client_options``: ``least_load+affinity``, ...) also sets
+  ``llm.affinity``, and one that passes sessions sends a call's ``session`` as ``session=``.
 - **oracle**: raw ``aiohttp``; it counts its own calls outstanding per instance (it sends every
   call of the run, so its counts are the truth) and sends each call to
   :func:`~llm.perf.fleet_model.oracle_choice`.
@@ -31,14 +35,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import resource
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
-from .fleet_model import Call, assign_replicas, mix_call, oracle_choice, system_prompts
+from .fleet_model import Call, assign_replicas, oracle_choice
+from .fleet_workloads import DEFAULT_WORKLOAD, client_options, closed_sessions
 
 Record = dict[str, Any]
 Send = Callable[[Call, float], Awaitable[Record]]  # (call, scheduled loop time) -> record
@@ -68,13 +73,16 @@ def provider_config(spec: Mapping[str, Any]) -> dict[str, Any]:
         item["name"]: {"base_url": item["url"] + "/v1", "model": spec["model"]}
         for item in spec["instances"]
     }
+    options = client_options(spec["client"])
     llm: dict[str, Any] = {
         "routes": routes,
-        "lb_policy": spec["client"],
+        "lb_policy": options.policy,
         "params": {"timeout": spec.get("timeout", 300.0), "deadline": spec.get("deadline", 600.0)},
     }
     if spec.get("load_poll") is not None:
         llm["load"] = {"poll_interval": spec["load_poll"]}
+    if options.affinity is not None:
+        llm["affinity"] = dict(options.affinity)
     return {"llm": llm}
 
 
@@ -86,17 +94,21 @@ async def _provider_client(spec: Mapping[str, Any]) -> tuple[Send, Callable[[], 
     from ..factory import LLMFactory
 
     provider = LLMFactory.create_provider("vllm_openai", config=provider_config(spec))
+    sessions = client_options(spec["client"]).session
     loop = asyncio.get_running_loop()
 
     async def send(call: Call, due: float) -> Record:
         record: Record = {"inst": None, "ttft": None, "cached": None}
         messages = call.as_messages()
+        options: dict[str, Any] = {"max_tokens": call.max_tokens}
+        if sessions and call.session is not None:
+            options["session"] = call.session
         if not call.stream:
-            result = await provider.achat_completion(messages, max_tokens=call.max_tokens)
+            result = await provider.achat_completion(messages, **options)
             record["inst"] = result.route
             record["cached"] = _cached(result.usage)
             return record
-        async for event in provider.astream_events(messages, max_tokens=call.max_tokens):
+        async for event in provider.astream_events(messages, **options):
             if event.kind == "content" and event.text and record["ttft"] is None:
                 record["ttft"] = loop.time() - due
             elif event.kind == "usage":
@@ -206,22 +218,28 @@ async def open_loop(send: Send, calls: list[Call], anchor: float, bound: float) 
 
 
 async def closed_loop(
-    send: Send, anchor: float, duration: float, concurrency: int, seed: int, tokens: list[int]
+    send: Send,
+    anchor: float,
+    duration: float,
+    concurrency: int,
+    seed: int,
+    tokens: list[int],
+    workload: str = DEFAULT_WORKLOAD,
 ) -> list[Record]:
-    """``concurrency`` workers, each sending its next call as soon as the last one ended,
-    until ``duration``; the calls still in flight then are cancelled (not recorded)."""
+    """``concurrency`` workers, each sending its next call as soon as the last one ended
+    (a session's turns in order, then the next session's), until ``duration``; the calls
+    still in flight then are cancelled (not recorded)."""
     loop = asyncio.get_running_loop()
-    rng = random.Random(f"saturation-{seed}")
-    prompts = system_prompts()
+    groups = closed_sessions(workload, seed, (tokens[0], tokens[1]))
     records: list[Record] = []
-    counter = iter(range(10**9))
-    low, high = tokens
 
     async def worker() -> None:
         while loop.time() < anchor + duration:
-            at = loop.time() - anchor  # arrival: when the worker sends it
-            call = mix_call(rng, next(counter), at, (low, high), prompts, f"s{seed}-")
-            await _measured(send, call, anchor + at, records)
+            for call in next(groups):
+                if loop.time() >= anchor + duration:
+                    break
+                at = loop.time() - anchor  # arrival: when the worker sends it
+                await _measured(send, replace(call, at=at), anchor + at, records)
 
     delay = anchor - loop.time()
     if delay > 0:
@@ -255,8 +273,9 @@ async def run(spec: Mapping[str, Any], read_start: Callable[[], float]) -> dict[
             records = await open_loop(send, calls, anchor, spec["bound"])
         else:
             records = await closed_loop(
-                send, anchor, spec["duration"], spec["concurrency"], spec["seed"], spec["tokens"]
-            )
+                send, anchor, spec["duration"], spec["concurrency"], spec["seed"], spec["tokens"],
+                spec.get("workload", DEFAULT_WORKLOAD),
+            )  # fmt: skip
         cpu = _cpu() - cpu
     finally:
         await close()

@@ -59,17 +59,21 @@ class Call:
     max_tokens: int
     stream: bool
     shared: int | None  # which system prompt, or None for a unique prompt
+    session: str | None = None  # the conversation a turn belongs to (``fleet_workloads``)
 
     def as_messages(self) -> list[dict[str, str]]:
         return [{"role": role, "content": content} for role, content in self.messages]
 
     def to_json(self) -> list[Any]:
-        return [self.index, self.at, self.messages, self.max_tokens, self.stream, self.shared]
+        head = [self.index, self.at, self.messages, self.max_tokens, self.stream, self.shared]
+        return head if self.session is None else [*head, self.session]
 
     @classmethod
     def from_json(cls, data: Sequence[Any]) -> Call:
-        index, at, messages, max_tokens, stream, shared = data
-        return cls(index, at, tuple((r, c) for r, c in messages), max_tokens, bool(stream), shared)
+        index, at, messages, max_tokens, stream, shared, *rest = data
+        session = rest[0] if rest else None
+        pairs = tuple((r, c) for r, c in messages)
+        return cls(index, at, pairs, max_tokens, bool(stream), shared, session)
 
 
 def text_of_tokens(rng: random.Random, tokens: int, head: str = "") -> str:
