@@ -8,6 +8,7 @@ the attempts made so far, so a caller can see what was tried::
     ├── ConfigError                 bad config: names the key path, expected and found
     │   └── UnknownProviderError    provider name not known; lists the known ones
     ├── InvalidRequestError         a call the library refuses before any network I/O
+    │   └── ContextWindowError      it fits no route's max_model_len (.prompt_tokens, .limits)
     ├── NoRouteError                pinned route / requested model not configured
     ├── ProviderClosedError         a call after close(), or one that close() had to end
     └── RouteError                  something went wrong talking to a route (has .route)
@@ -39,6 +40,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "ConfigError",
+    "ContextWindowError",
     "InvalidRequestError",
     "InvalidResponseError",
     "LLMError",
@@ -93,6 +95,25 @@ class UnknownProviderError(ConfigError):
 
 class InvalidRequestError(LLMError):
     """The call itself is invalid (empty messages, unserialisable params, ...)."""
+
+
+class ContextWindowError(InvalidRequestError):
+    """The call fits no route it could go to: its estimated ``prompt_tokens`` plus its
+    ``max_tokens`` exceed every route's ``max_model_len`` (``limits``: route -> window).
+    Raised before anything is sent."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        prompt_tokens: int = 0,
+        max_tokens: int = 0,
+        limits: dict[str, int | None] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self.limits = dict(limits or {})
 
 
 class NoRouteError(LLMError):

@@ -28,6 +28,7 @@ import pytest
 
 from llm import (
     BadRequestError,
+    ContextWindowError,
     InvalidRequestError,
     LLMError,
     NoRouteError,
@@ -1142,22 +1143,22 @@ def test_the_table_covers_every_entry_point_and_kind_of_mistake() -> None:
 def test_huge_max_tokens_goes_to_the_server_whose_400_is_a_bad_request(
     provider: VLLMOpenAIProvider, recorder: Recorder
 ) -> None:
-    """A well-typed max_tokens is the server's to judge (only it knows max_model_len)."""
+    """A well-typed max_tokens is the server's to judge until its window is known: each route
+    whose window is not known yet is asked once (its 400 teaches the window, routing/fit.py),
+    the last 400 is the answer, and a call after that fails before anything is sent."""
     recorder.refuse = True
-    for attempt, action in enumerate(
-        (
-            lambda: provider.chat(MSG, max_tokens=10**12),
-            lambda: next(provider.stream(MSG, max_tokens=10**12)),
-        ),
-        start=1,
-    ):
-        error = refused(action)
-        assert type(error) is BadRequestError, error
-        assert error.status_code == 400 and error.route in ("gpu_a", "gpu_b")
-        assert error.server_message == TOO_MANY_TOKENS
-        assert "maximum context length is 4096" in str(error)
-        assert len(recorder.requests) == attempt  # no retry, no failover, no fallback
-        assert recorder.bodies()[-1]["max_tokens"] == 10**12
+    error = refused(lambda: provider.chat(MSG, max_tokens=10**12))
+    assert type(error) is BadRequestError, error
+    assert error.status_code == 400 and error.route == "small"
+    assert error.server_message == TOO_MANY_TOKENS
+    assert "maximum context length is 4096" in str(error)
+    assert [a.route for a in error.attempts] == ["gpu_a", "gpu_b", "small"]
+    assert recorder.bodies()[-1]["max_tokens"] == 10**12
+    assert len(recorder.requests) == 3
+    error = refused(lambda: next(provider.stream(MSG, max_tokens=10**12)))
+    assert type(error) is ContextWindowError, error
+    assert error.limits == {"gpu_a": 4096, "gpu_b": 4096, "small": 4096}
+    assert len(recorder.requests) == 3  # nothing sent
     stats = provider.stats()
     assert all(s["state"] == "healthy" and s["in_flight"] == 0 for s in stats.values()), stats
     recorder.refuse = False
@@ -1171,11 +1172,12 @@ async def test_async_huge_max_tokens_goes_to_the_server_whose_400_is_a_bad_reque
     error = await arefused(lambda: provider.achat(MSG, max_tokens=10**12))
     assert type(error) is BadRequestError and error.status_code == 400
     assert error.server_message == TOO_MANY_TOKENS
+    assert len(recorder.requests) == 3
     stream = provider.astream(MSG, max_tokens=10**12)
     error = await arefused(stream.__anext__)
-    assert type(error) is BadRequestError and error.server_message == TOO_MANY_TOKENS
+    assert type(error) is ContextWindowError and "max_tokens 1000000000000" in str(error)
     await stream.aclose()
-    assert len(recorder.requests) == 2
+    assert len(recorder.requests) == 3
     stats = provider.stats()
     assert all(s["state"] == "healthy" and s["in_flight"] == 0 for s in stats.values()), stats
     recorder.refuse = False

@@ -49,7 +49,7 @@ def is_ci_command(command: str) -> bool:
     return any(word in command for word in ("pip install", "pytest", "ruff", "mypy", "venv"))
 
 
-(CONFIG_YAML,) = blocks("yaml")
+CONFIG_YAML, *YAML_SNIPPETS = blocks("yaml")  # the config example, then fragments of one
 README_ROUTES = yaml.safe_load(CONFIG_YAML)["llm"]["routes"]
 
 
@@ -131,6 +131,14 @@ def test_the_config_example_is_valid():
     config = parse_config(yaml.safe_load(CONFIG_YAML), environ={})
     assert config.fallback_route == "tiny_qwen" and config.lb_policy == "least_load"
     assert config.pool() == ("gpt20_a", "gpt20_b")
+
+
+def test_every_yaml_fragment_is_valid_over_the_config_example():
+    assert YAML_SNIPPETS
+    for snippet in YAML_SNIPPETS:
+        data = yaml.safe_load(CONFIG_YAML)
+        data["llm"].update(yaml.safe_load(snippet)["llm"])
+        parse_config(data, environ={})
 
 
 def test_the_config_table_documents_every_key_and_only_real_keys():

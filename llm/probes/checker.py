@@ -1,7 +1,8 @@
 """Active health checks in the background (``llm.health.check_interval`` > 0).
 
 Every ``interval`` seconds a daemon thread looks at every route (``GET /health`` and
-``GET /v1/models``, see ``check``) and tells the balancer: a healthy route that fails its
+``GET /v1/models``, see ``check``) and tells the balancer (and each route's ``max_model_len``,
+for ``routing/fit.py``): a healthy route that fails its
 check is ejected before a caller's request has to discover it; an ejected route that passes
 may take its trial request at once instead of waiting out its cooldown. A passing check never
 makes a route healthy by itself: only a real request does.
@@ -45,6 +46,7 @@ class ActiveChecker(Background):
     def run_once(self) -> None:
         for check in check_routes(self.routes, self.sender, self.settings):
             self.balancer.observe_check(check.route, check.healthy, check.error)
+            self.balancer.learn_limit(check.route, check.max_model_len, "models")
 
     def pause(self) -> float:
         return self.interval

@@ -65,6 +65,7 @@ class ProviderBase:
             on_health=log_health_change,
             load_max_age=config.load.max_age,
             affinity=config.affinity,
+            context_fallback=config.context_fallback,
         )
         self._life = Lifecycle()
         sync_sender: SyncSender = HttpcoreSender() if transport is None else HttpxSender(transport)
@@ -146,6 +147,12 @@ class ProviderBase:
         if config.fallback_route is not None and config.fallback_route not in names:
             names.append(config.fallback_route)
         return [config.routes[name] for name in names]
+
+    def _learned(self, checks: list[RouteCheck]) -> list[RouteCheck]:
+        """``checks``, after each route's ``max_model_len`` they found is kept (``fit.py``)."""
+        for check in checks:
+            self.balancer.learn_limit(check.route, check.max_model_len, "models")
+        return checks
 
     def _merge(self, checks: Sequence[RouteCheck]) -> dict[str, dict[str, Any]]:
         """Per route: the live check merged with the balancer's state."""

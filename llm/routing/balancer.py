@@ -61,6 +61,7 @@ class Balancer:
         on_health: HealthListener | None = None,
         load_max_age: float = DEFAULT_MAX_AGE,
         affinity: AffinityConfig | None = None,
+        context_fallback: str | None = None,
     ) -> None:
         self.health_config = health or HealthConfig()
         self.affinity_config = affinity or AffinityConfig()
@@ -83,6 +84,10 @@ class Balancer:
         if fallback_route is not None and fallback_route not in self.routes:
             raise KeyError(fallback_route)
         self.fallback_route = fallback_route
+        self.context_fallback = context_fallback
+        # context windows (fit.py): any known at all, and a count of their changes
+        self.limits_version = 0
+        self.limits_known = any(r.max_model_len for r in self.routes.values())
         self._pools: dict[str, Pool] = {}
         self._single: dict[str, Pool] = {}
 
@@ -135,6 +140,36 @@ class Balancer:
     def _new_pool(model: str, members: Sequence[RouteState]) -> Pool:
         weighted = len({r.weight for r in members}) > 1
         return Pool(model, tuple(members), weighted, 0, frozenset(r.name for r in members))
+
+    def context_pool(self) -> Pool | None:
+        """Where a call that fits no route of its pool goes: ``context_fallback``, a route's
+        name or a served model (None when it is not set, or serves nothing now)."""
+        name = self.context_fallback
+        if name is None:
+            return None
+        if name in self.routes:
+            return self.single(name)
+        return self.pool(name)
+
+    def learn_limit(self, name: str, max_model_len: int | None, source: str) -> bool:
+        """Route ``name``'s context window, as ``source`` ("models": /v1/models, "error": a
+        400's message) says; the config's word is kept over both, and /v1/models' over an
+        error's. True when it changed."""
+        route = self.routes.get(name)
+        if route is None or max_model_len is None or max_model_len < 1:
+            return False
+        with self.lock:
+            if route.limit_source == "config" or (
+                source == "error" and route.limit_source == "models"
+            ):
+                return False
+            if route.max_model_len == max_model_len and route.limit_source == source:
+                return False
+            route.max_model_len = max_model_len
+            route.limit_source = source
+            self.limits_version += 1
+            self.limits_known = True
+            return True
 
     def models(self) -> list[str]:
         return list(dict.fromkeys(r.config.model for r in self.routes.values()))

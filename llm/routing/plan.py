@@ -29,11 +29,13 @@ call's model with the fallback route after it (unless the fallback is in that po
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Container
 
 from ..config import RetryConfig
 from ..errors import AllRoutesFailedError, Attempt, LLMError, NoRouteError, RouteError
 from .balancer import Balancer
+from .fit import min_limit, need_of, no_fit_error, unfit
+from .indexes import Either
 from .state import Pool, RouteState
 
 Clock = Callable[[], float]
@@ -50,12 +52,14 @@ def plan_call(
     max_retries: int | None = None,
     tokens: int = 0,
     key: bytes | None = None,
+    prompt_tokens: int = 0,
 ) -> CallPlan:
     """The plan of one call: ``route`` pinned, else ``model``'s pool then the fallback route
-    (``key``: the call's affinity key, ``affinity.py``).
+    (``key``: the call's affinity key, ``affinity.py``; ``prompt_tokens``: its estimated
+    prompt, which with ``tokens`` must fit a route's context window, ``fit.py``).
 
     Raises ``NoRouteError`` naming what exists when no route has that name or serves that
-    model."""
+    model, ``ContextWindowError`` when the call fits no route it could go to."""
     fallback = None
     if route is not None:
         try:
@@ -74,7 +78,7 @@ def plan_call(
         name = balancer.fallback_route
         if name is not None and name not in pool.names:
             fallback = balancer.single(name)
-    return CallPlan(
+    plan = CallPlan(
         balancer,
         pool,
         fallback,
@@ -85,6 +89,15 @@ def plan_call(
         tokens=tokens,
         key=key,
     )
+    if balancer.limits_known:
+        plan.prompt_tokens = prompt_tokens
+        need = need_of(prompt_tokens, tokens)
+        fallback_limit = fallback.routes[0].max_model_len if fallback is not None else None
+        if need > min_limit(pool, balancer.limits_version) or (
+            fallback_limit is not None and fallback_limit < need
+        ):
+            plan.fit(need, pinned=route is not None, model=model)
+    return plan
 
 
 def backoff_delay(retry_number: int, retry: RetryConfig, rng: random.Random) -> float:
@@ -106,6 +119,7 @@ class CallPlan:
         "last_error",
         "max_attempts",
         "pool",
+        "prompt_tokens",
         "repeats",
         "retry",
         "started_at",
@@ -113,6 +127,7 @@ class CallPlan:
         "timeout",
         "tokens",
         "tried",
+        "unfit",
     )
 
     def __init__(
@@ -146,6 +161,48 @@ class CallPlan:
         self.repeats = 0
         self.delay = 0.0
         self.timeout = 0.0
+        self.prompt_tokens = 0
+        self.unfit: frozenset[RouteState] = frozenset()  # routes the call does not fit
+
+    # -- fitting -------------------------------------------------------------------------
+
+    def fit(self, need: int, *, pinned: bool = False, model: str | None = None) -> bool:
+        """Keep the call off the routes whose context window is smaller than ``need``
+        (``fit.py``): to the context fallback when no route of the pool fits. True when
+        some route not tried yet fits; raises ``ContextWindowError`` when none fits at all
+        before the first attempt."""
+        balancer = self.balancer
+        fallback = self.fallback
+        candidates = [*self.pool.routes, *(fallback.routes if fallback is not None else ())]
+        self.unfit = unfit(candidates, need)
+        if fallback is not None and fallback.routes[0] in self.unfit:
+            self.fallback = None
+        if all(route in self.unfit for route in self.pool.routes):
+            context = None if pinned else balancer.context_pool()
+            if context is not None and context is not self.pool:
+                context_unfit = unfit(context.routes, need)
+                if not all(route in context_unfit for route in context.routes):
+                    self.pool = context
+                    self.unfit |= context_unfit
+        routes = [*self.pool.routes, *(self.fallback.routes if self.fallback else ())]
+        fits = [route for route in routes if route not in self.unfit]
+        if not self.attempts and not fits:
+            shown = list(dict.fromkeys(candidates))
+            raise no_fit_error(
+                model or self.pool.model,
+                self.prompt_tokens,
+                self.tokens,
+                shown,
+                None if pinned else balancer.context_fallback,
+            )
+        return any(route not in self.tried for route in fits)
+
+    def refit(self, server_prompt_tokens: int | None) -> bool:
+        """A route refused the call as too long (its window now learned; the server may
+        have counted the prompt): may an untried route still take it?"""
+        if server_prompt_tokens is not None and server_prompt_tokens > self.prompt_tokens:
+            self.prompt_tokens = server_prompt_tokens
+        return self.fit(need_of(self.prompt_tokens, self.tokens))
 
     # -- deciding ------------------------------------------------------------------------
 
@@ -158,7 +215,10 @@ class CallPlan:
         if made and now >= self.deadline_at:
             return None
         balancer = self.balancer
-        tried = self.tried
+        unfit_routes = self.unfit
+        tried: Container[RouteState] = self.tried
+        if unfit_routes:
+            tried = Either(tried, unfit_routes)
         route = balancer.pick(self.pool, tried, self.stream, self.tokens, self.key)
         fallback = self.fallback
         if route is None and fallback is not None and fallback.routes[0] not in tried:
@@ -167,7 +227,7 @@ class CallPlan:
         if route is None and made == 0:
             route = balancer.force(self._everyone())
         elif route is None:
-            route = balancer.pick(self.pool, (), self.stream)
+            route = balancer.pick(self.pool, unfit_routes, self.stream)
             if route is None and fallback is not None:
                 route = balancer.pick(fallback, (), self.stream)
             if route is None:
@@ -194,6 +254,8 @@ class CallPlan:
         routes = list(self.pool.routes)
         if self.fallback is not None:
             routes.extend(self.fallback.routes)
+        if self.unfit:
+            routes = [route for route in routes if route not in self.unfit]
         return routes
 
     # -- reporting -----------------------------------------------------------------------

@@ -156,3 +156,5 @@ class Pool:
     names: frozenset[str] = field(default_factory=frozenset)
     index: object = None
     homes: dict[bytes, tuple[RouteState, ...]] = field(default_factory=dict)  # affinity.py
+    min_limit: int | None = None  # the smallest known max_model_len (fit.py)
+    limits_version: int = -1

@@ -24,10 +24,12 @@ from collections.abc import Callable
 
 from ..call.affinity import affinity_key
 from ..call.headers import route_headers
+from ..call.size import prompt_tokens
 from ..call.spec import AnswerKind, BodyEncoder, CallSpec
 from ..config import LLMConfig, RouteConfig
 from ..errors import InvalidRequestError, InvalidResponseError
 from ..judge.answers import decode_answer
+from ..judge.context import context_limit
 from ..judge.load_report import parse_orca
 from ..judge.status import (
     RETRY_AFTER_STATUSES,
@@ -105,6 +107,7 @@ class EngineBase:
             max_retries=spec.max_retries,
             tokens=asked_tokens(spec),
             key=key,
+            prompt_tokens=prompt_tokens(spec.body) if self.balancer.limits_known else 0,
         )
 
     def request_for(
@@ -169,6 +172,18 @@ class EngineBase:
         plan.failed(route, started, error, outcome_name(error))
         return True
 
+    def _too_long(self, plan: CallPlan, route: RouteState, message: str | None) -> bool:
+        """A 400 saying the call does not fit the route's context window teaches the route's
+        window (unless /v1/models or the config told it); True when a route not tried yet
+        may still take the call (``CallPlan.refit``)."""
+        found = context_limit(message)
+        if found is None:
+            return False
+        self.balancer.learn_limit(route.name, found.max_model_len, "error")
+        if len(plan.attempts) >= plan.max_attempts:
+            return False  # no attempt left: the server's own error is the answer
+        return plan.refit(found.prompt_tokens)
+
     def settle(
         self,
         plan: CallPlan,
@@ -207,6 +222,8 @@ class EngineBase:
         error = status_error(route.name, status, content, location=location)
         if verdict is Verdict.CALLER_FAULT:
             plan.finished(route, started, error, "status", status)
+            if status == 400 and self._too_long(plan, route, error.server_message):
+                return None  # another route's window may take it: no ejection, go on
             error.attempts = tuple(plan.attempts)
             raise error
         retry_after = None

@@ -80,8 +80,10 @@ class AsyncAPI(ProviderBase):
     async def ahealth_checks(self, timeout: float | None = None) -> list[RouteCheck]:
         """A live check (/health, /v1/models) of every route, in config order."""
         self._open()
-        return await acheck_routes(
-            self._all_routes(), self._aengine.sender, self._check_settings(timeout)
+        return self._learned(
+            await acheck_routes(
+                self._all_routes(), self._aengine.sender, self._check_settings(timeout)
+            )
         )
 
     async def ahealth(self, timeout: float | None = None) -> dict[str, dict[str, Any]]:

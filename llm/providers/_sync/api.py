@@ -82,8 +82,10 @@ class SyncAPI(ProviderBase):
     def health_checks(self, timeout: float | None = None) -> list[RouteCheck]:
         """A live check (/health, /v1/models) of every route, in config order."""
         self._open()
-        return check_routes(
-            self._all_routes(), self._engine.sender, self._check_settings(timeout)
+        return self._learned(
+            check_routes(
+                self._all_routes(), self._engine.sender, self._check_settings(timeout)
+            )
         )
 
     def health(self, timeout: float | None = None) -> dict[str, dict[str, Any]]:
