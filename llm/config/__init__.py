@@ -32,7 +32,6 @@ from .model import DEFAULT_TIMEOUT as DEFAULT_TIMEOUT
 from .model import (
     KNOWN_POLICIES,
     AffinityConfig,
-    Discovery,
     HealthConfig,
     LLMConfig,
     LoadConfig,
@@ -43,7 +42,6 @@ from .model import (
 __all__ = [
     "KNOWN_POLICIES",
     "AffinityConfig",
-    "Discovery",
     "HealthConfig",
     "LLMConfig",
     "LoadConfig",

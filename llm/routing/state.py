@@ -52,7 +52,6 @@ class RouteState:
         "report_source",
         "report_waiting",
         "requests",
-        "retired",
         "retry_after_until",
         "running_at",
         "slots",
@@ -101,7 +100,6 @@ class RouteState:
         # its context window (fit.py): the config's, /v1/models', or a 400's word for it
         self.max_model_len = config.max_model_len
         self.limit_source: str | None = "config" if config.max_model_len else None
-        self.retired = False  # discovery saw it go: no new calls, those in flight finish
 
     @property
     def done(self) -> int:
@@ -117,7 +115,7 @@ class RouteState:
             "route": self.name,
             "base_url": self.config.shown_url,
             "model": self.config.model,
-            "state": "draining" if self.retired else self.health.state(now).value,
+            "state": self.health.state(now).value,
             "requests": self.requests,
             "successes": self.successes,
             "failures": self.failures,
@@ -136,7 +134,6 @@ class RouteState:
             "max_model_len": self.max_model_len,
             "max_model_len_source": self.limit_source,
             "affinity": {"home_calls": self.home_calls, "home_spills": self.home_spills},
-            "discovered_by": self.config.group,
         }
 
 
