@@ -41,6 +41,7 @@ SNAPSHOT_KEYS = {
     "max_model_len",
     "max_model_len_source",
     "affinity",
+    "discovered_by",
 }
 
 

@@ -466,8 +466,8 @@ ERROR_CASES: list[tuple[str, Any, str | None, str]] = [
         "route-unknown",
         route(base_ur="x"),
         "llm.routes.gpt20_a.base_ur",
-        "unknown key; did you mean 'base_url'? (allowed: api_key, base_url, headers, "
-        "max_model_len, model, send_model, timeout, verify, weight)",
+        "unknown key; did you mean 'base_url'? (allowed: api_key, base_url, discover, "
+        "headers, max_model_len, model, send_model, timeout, verify, weight)",
     ),
     ("route-url-key", route(url="x"), "llm.routes.gpt20_a.url", "did you mean 'base_url'?"),
     (

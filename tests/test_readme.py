@@ -137,7 +137,11 @@ def test_every_yaml_fragment_is_valid_over_the_config_example():
     assert YAML_SNIPPETS
     for snippet in YAML_SNIPPETS:
         data = yaml.safe_load(CONFIG_YAML)
-        data["llm"].update(yaml.safe_load(snippet)["llm"])
+        for key, value in yaml.safe_load(snippet)["llm"].items():
+            if isinstance(value, dict) and isinstance(data["llm"].get(key), dict):
+                data["llm"][key].update(value)  # routes: added to the example's
+            else:
+                data["llm"][key] = value
         parse_config(data, environ={})
 
 

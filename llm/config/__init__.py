@@ -32,6 +32,7 @@ from .model import DEFAULT_TIMEOUT as DEFAULT_TIMEOUT
 from .model import (
     KNOWN_POLICIES,
     AffinityConfig,
+    Discovery,
     HealthConfig,
     LLMConfig,
     LoadConfig,
@@ -42,6 +43,7 @@ from .model import (
 __all__ = [
     "KNOWN_POLICIES",
     "AffinityConfig",
+    "Discovery",
     "HealthConfig",
     "LLMConfig",
     "LoadConfig",

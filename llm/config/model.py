@@ -42,6 +42,17 @@ def _frozen_mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 @dataclass(frozen=True, slots=True)
+class Discovery:
+    """Where a route's instances come from (``llm.routes.<name>.discover``): the A/AAAA
+    records of its ``base_url``'s host (``dns``), or the lines of a ``file``; looked at again
+    every ``interval`` seconds (``probes/discovery.py``)."""
+
+    dns: bool = False
+    file: str | None = None
+    interval: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class RouteConfig:
     """One inference server instance: where it is and which model it serves."""
 
@@ -55,6 +66,8 @@ class RouteConfig:
     send_model: bool = True
     verify: bool | str = True
     max_model_len: int | None = None
+    discover: Discovery | None = None  # a group of instances, found at run time
+    group: str | None = None  # the discovering route this instance was found by
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "headers", _frozen_mapping(self.headers))
@@ -74,11 +87,21 @@ class RouteConfig:
                 self.send_model,
                 self.verify,
                 self.max_model_len,
+                self.discover,
+                self.group,
             ),
         )
 
     def __repr__(self) -> str:
-        extra = "" if self.max_model_len is None else f", max_model_len={self.max_model_len!r}"
+        extra = "".join(
+            f", {key}={value!r}"
+            for key, value in (
+                ("max_model_len", self.max_model_len),
+                ("discover", self.discover),
+                ("group", self.group),
+            )
+            if value is not None
+        )
         return (
             f"RouteConfig(name={self.name!r}, base_url={self.shown_url!r}, model={self.model!r}, "
             f"timeout={self.timeout!r}, weight={self.weight!r}, send_model={self.send_model!r}, "

@@ -31,6 +31,7 @@ from .model import (
     DEFAULT_TIMEOUT,
     KNOWN_POLICIES,
     AffinityConfig,
+    Discovery,
     HealthConfig,
     LLMConfig,
     LoadConfig,
@@ -77,6 +78,7 @@ LLM_KEYS = (
 ROUTE_KEYS = (
     "api_key",
     "base_url",
+    "discover",
     "headers",
     "max_model_len",
     "model",
@@ -97,6 +99,7 @@ HEALTH_KEYS = (
 )
 LOAD_KEYS = ("max_age", "orca", "poll_interval")
 AFFINITY_KEYS = ("by_prefix", "homes", "prefix_chars", "spill_ratio")
+DISCOVER_KEYS = ("dns", "file", "interval")
 CONTROL_PARAMS = ("connect_timeout", "deadline", "max_response_bytes", "max_retries", "timeout")
 PARAMS_KEYS = (*CONTROL_PARAMS, "extra_body", *BODY_KEYS)
 
@@ -248,7 +251,32 @@ def _route(path: str, name: str, value: object, default_timeout: float) -> Route
         max_model_len=None
         if raw.get("max_model_len") is None
         else read_integer(join(path, "max_model_len"), raw["max_model_len"], minimum=1),
+        discover=_discover(join(path, "discover"), raw.get("discover")),
     )
+
+
+def _discover(path: str, value: object) -> Discovery | None:
+    """``dns``, or a mapping ``{dns: true}`` / ``{file: path}`` with an ``interval``."""
+    if value is None:
+        return None
+    if value == "dns":
+        return Discovery(dns=True)
+    if not isinstance(value, Mapping):
+        fail_expected(path, "'dns' or a mapping {dns: true} or {file: <path>}", value)
+    check_keys(path, value, DISCOVER_KEYS)
+    dns = read_bool(join(path, "dns"), value.get("dns", False))
+    file = value.get("file")
+    if file is not None:
+        file = read_string(join(path, "file"), file)
+    if dns == (file is not None):
+        fail(path, "expected exactly one of dns: true or file: <path>")
+    interval = read_number(
+        join(path, "interval"),
+        value.get("interval", 10.0 if dns else 2.0),
+        minimum=0,
+        exclusive=True,
+    )
+    return Discovery(dns=dns, file=file, interval=interval)
 
 
 def _routes(path: str, value: object, default_timeout: float) -> dict[str, RouteConfig]:
@@ -369,6 +397,12 @@ def _context_fallback(path: str, value: object, routes: Mapping[str, RouteConfig
     )
 
 
+def _check_fallback(path: str, routes: Mapping[str, RouteConfig], name: str | None) -> None:
+    """The fallback route is one server: it may not discover instances."""
+    if name is not None and routes[name].discover is not None:
+        fail(path, f"route {name!r} discovers its instances; the fallback must be one server")
+
+
 def build(raw: Mapping[Any, Any], source: str | None) -> LLMConfig:
     """The ``LLMConfig`` of the ``llm`` mapping ``raw``; ``source`` is recorded on it."""
     path = "llm"
@@ -412,6 +446,7 @@ def build(raw: Mapping[Any, Any], source: str | None) -> LLMConfig:
     lb_policy = read_choice(
         join(path, "lb_policy"), raw.get("lb_policy", "round_robin"), KNOWN_POLICIES, "a policy"
     )
+    _check_fallback(join(path, "fallback_route"), routes, fallback_route)
     context_fallback = None
     if raw.get("context_fallback") is not None:
         context_fallback = _context_fallback(

@@ -44,7 +44,8 @@ class ActiveChecker(Background):
         ).start()
 
     def run_once(self) -> None:
-        for check in check_routes(self.routes, self.sender, self.settings):
+        routes = self.balancer.configs() if self.balancer.groups else self.routes
+        for check in check_routes(routes, self.sender, self.settings):
             self.balancer.observe_check(check.route, check.healthy, check.error)
             self.balancer.learn_limit(check.route, check.max_model_len, "models")
 

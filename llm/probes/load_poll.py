@@ -92,7 +92,8 @@ class LoadPoller(Background):
     def in_use(self) -> list[RouteConfig]:
         """The routes with a call in flight or ended in the last ``IDLE`` seconds."""
         names = set(self.balancer.in_use(IDLE))
-        return [route for route in self.routes if route.name in names]
+        routes = self.balancer.configs() if self.balancer.groups else self.routes
+        return [route for route in routes if route.name in names]
 
     def due(self) -> list[RouteConfig]:
         """The routes in use whose turn it is (a route that gave no report waits longer)."""

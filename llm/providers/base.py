@@ -23,6 +23,7 @@ from ..config import LLMConfig, RouteConfig
 from ..errors import AllRoutesFailedError, Attempt
 from ..probes.check import CheckSettings, RouteCheck, check_limit
 from ..probes.checker import ActiveChecker
+from ..probes.discovery import Discoverer, Resolver
 from ..probes.load_poll import LoadPoller
 from ..routing.balancer import Balancer
 from ..send._async.engine import AsyncEngine
@@ -53,6 +54,7 @@ class ProviderBase:
         sleep: Callable[[float], None] = time.sleep,
         async_sleep: Callable[[float], Awaitable[None]] | None = None,
         rng: random.Random | None = None,
+        resolver: Resolver | None = None,
     ) -> None:
         self.config = config
         self.balancer = Balancer(
@@ -84,6 +86,17 @@ class ProviderBase:
             life=self._life,
         )
         self._check_limit = check_limit(config.max_response_bytes)
+        self._discoverer: Discoverer | None = None
+        if self.balancer.groups:  # the first look now, so that the first call finds them
+            self._discoverer = Discoverer(
+                list(self.balancer.groups.values()),
+                self.balancer,
+                self._engine.sender,
+                self._check_settings(),
+                resolver,
+            )
+            self._discoverer.run_once()
+            self._discoverer.start()
         self._checker: ActiveChecker | None = None
         if config.health.check_interval > 0:
             self._checker = ActiveChecker(
@@ -131,6 +144,8 @@ class ProviderBase:
             self._checker = self._checker.restarted()
         if self._poller is not None and not self._life.closed:
             self._poller = self._poller.restarted()
+        if self._discoverer is not None and not self._life.closed:
+            self._discoverer = self._discoverer.restarted()
 
     def _check_settings(self, timeout: float | None = None) -> CheckSettings:
         """How a look at a route is made: ``timeout`` (else at most 5 s) per request."""
@@ -138,15 +153,19 @@ class ProviderBase:
         return CheckSettings(seconds, self._check_limit, self.balancer.redact)
 
     def _all_routes(self) -> list[RouteConfig]:
-        return list(self.config.routes.values())
+        """Every route that takes calls now (discovered instances instead of their group)."""
+        return self.balancer.configs()
 
     def _default_routes(self) -> list[RouteConfig]:
         """The default model's pool and the fallback route: what ``is_available`` asks about."""
         config = self.config
-        names = list(config.pool(config.default_model))
-        if config.fallback_route is not None and config.fallback_route not in names:
-            names.append(config.fallback_route)
-        return [config.routes[name] for name in names]
+        pool = self.balancer.pool(config.default_model)
+        routes = [route.config for route in pool.routes] if pool is not None else []
+        if config.fallback_route is not None and all(
+            route.name != config.fallback_route for route in routes
+        ):
+            routes.append(config.routes[config.fallback_route])
+        return routes
 
     def _learned(self, checks: list[RouteCheck]) -> list[RouteCheck]:
         """``checks``, after each route's ``max_model_len`` they found is kept (``fit.py``)."""
@@ -160,7 +179,7 @@ class ProviderBase:
         report: dict[str, dict[str, Any]] = {}
         for check in checks:
             entry = check.as_dict()
-            entry["state"] = stats[check.route]["state"]
+            entry["state"] = stats.get(check.route, {}).get("state", "retired")
             report[check.route] = entry
         return report
 

@@ -62,6 +62,8 @@ class VLLMOpenAIProvider(SyncAPI, AsyncAPI):
             self._checker.stop()
         if self._poller is not None:
             self._poller.stop()
+        if self._discoverer is not None:
+            self._discoverer.stop()
         self._engine.close()
 
     async def aclose(self, timeout: float = CLOSE_TIMEOUT) -> None:

@@ -78,9 +78,12 @@ class Balancer:
         self.routes: dict[str, RouteState] = {}
         routes = list(routes)
         self.redact = Redactor(routes)  # every error text it records or reports is masked
+        # routes that discover their instances (members.py): templates, not servers
+        self.groups: dict[str, RouteConfig] = {r.name: r for r in routes if r.discover}
+        self.group_status: dict[str, str] = dict.fromkeys(self.groups, "not looked up yet")
         for config in routes:
-            health_state = RouteHealth(self.health_config.cooldown, self.health_config.max_cooldown)
-            self.routes[config.name] = RouteState(config, health_state)
+            if config.discover is None:
+                self.routes[config.name] = self._new_route(config)
         if fallback_route is not None and fallback_route not in self.routes:
             raise KeyError(fallback_route)
         self.fallback_route = fallback_route
@@ -115,31 +118,111 @@ class Balancer:
 
     # -- pools ---------------------------------------------------------------------------
 
+    def _new_route(self, config: RouteConfig) -> RouteState:
+        health = RouteHealth(self.health_config.cooldown, self.health_config.max_cooldown)
+        return RouteState(config, health)
+
     def pool(self, model: str) -> Pool | None:
-        """The pool serving ``model`` (cached): the routes ``serving`` names, by its rule."""
+        """The pool serving ``model`` (cached): the routes ``serving`` names, by its rule
+        (instances that discovery retired are in no pool)."""
         pool = self._pools.get(model)
         if pool is None:
-            configs = (r.config for r in self.routes.values())
-            members = [self.routes[c.name] for c in serving(configs, model, self.fallback_route)]
-            if not members:
-                return None
-            pool = self._new_pool(model, members)
-            self._pools[model] = pool
+            with self.lock:  # discovery may change the routes meanwhile
+                configs = [r.config for r in self.routes.values() if not r.retired]
+                chosen = serving(configs, model, self.fallback_route)
+                members = [self.routes[c.name] for c in chosen]
+                if not members:
+                    return None
+                pool = self._new_pool(model, members, ("model", model))
+                self._pools[model] = pool
         return pool
 
     def single(self, name: str) -> Pool:
-        """A pool of exactly one route (a pinned route, the fallback). KeyError if unknown."""
+        """The pool of a pinned route: that one route (the fallback too), or the instances a
+        discovering route found. KeyError if unknown."""
         pool = self._single.get(name)
         if pool is None:
-            route = self.routes[name]
-            pool = self._new_pool(route.config.model, [route])
-            self._single[name] = pool
+            with self.lock:
+                group = self.groups.get(name)
+                if group is not None:
+                    members = [
+                        r for r in self.routes.values() if r.config.group == name and not r.retired
+                    ]
+                    pool = self._new_pool(group.model, members, ("single", name))
+                else:
+                    route = self.routes[name]
+                    pool = self._new_pool(route.config.model, [route], ("single", name))
+                self._single[name] = pool
         return pool
 
+    def current(self, pool: Pool) -> Pool:
+        """The pool as it is now: ``pool`` itself, or the one that replaced it when
+        discovered instances joined or left (an empty pool when none serves its model)."""
+        if not pool.stale:
+            return pool
+        kind, name = pool.key
+        if kind == "model":
+            found = self.pool(name)
+            return found if found is not None else self._new_pool(name, [], pool.key)
+        try:
+            return self.single(name)
+        except KeyError:  # a pinned instance that discovery retired
+            return self._new_pool(pool.model, [], pool.key)
+
     @staticmethod
-    def _new_pool(model: str, members: Sequence[RouteState]) -> Pool:
+    def _new_pool(model: str, members: Sequence[RouteState], key: tuple[str, str]) -> Pool:
         weighted = len({r.weight for r in members}) > 1
-        return Pool(model, tuple(members), weighted, 0, frozenset(r.name for r in members))
+        names = frozenset(r.name for r in members)
+        return Pool(model, tuple(members), weighted, 0, names, key=key)
+
+    # -- discovered instances ------------------------------------------------------------
+
+    def members(self, group: str) -> list[RouteConfig]:
+        """The instances of discovering route ``group`` that take calls now."""
+        with self.lock:
+            return [
+                r.config for r in self.routes.values() if r.config.group == group and not r.retired
+            ]
+
+    def set_members(
+        self, group: str, configs: Sequence[RouteConfig]
+    ) -> tuple[list[str], list[str]]:
+        """The instances of ``group`` are now ``configs``: new ones join (with a fresh record,
+        or their old one if they were still draining), the others are *retired*: in no pool
+        any more, their calls in flight finish, and they are dropped once none is left.
+        Returns the names that joined and those retired."""
+        with self.lock:
+            wanted = {config.name: config for config in configs}
+            current = {
+                name for name, r in self.routes.items() if r.config.group == group and not r.retired
+            }
+            joined = [name for name in wanted if name not in current]
+            retired = sorted(current - wanted.keys())
+            for name in joined:
+                route = self.routes.get(name)
+                if route is None:
+                    self.routes[name] = self._new_route(wanted[name])
+                else:
+                    route.retired = False
+            for name in retired:
+                route = self.routes[name]
+                route.retired = True
+                if not route.in_flight:
+                    del self.routes[name]
+            if joined or retired:
+                self._pools_changed()
+                self.limits_known = any(r.max_model_len for r in self.routes.values())
+        return joined, retired
+
+    def _pools_changed(self) -> None:
+        """Discovery changed the routes (under the lock): every pool is rebuilt on its next
+        use, and a plan holding an old one takes the new one on its next attempt."""
+        for pool in (*self._pools.values(), *self._single.values()):
+            pool.stale = True
+        self._pools.clear()
+        self._single.clear()
+        for route in self.routes.values():
+            route.watchers = ()  # the old pools' indexes; new ones register themselves
 
     def context_pool(self) -> Pool | None:
         """Where a call that fits no route of its pool goes: ``context_fallback``, a route's
@@ -172,7 +255,9 @@ class Balancer:
             return True
 
     def models(self) -> list[str]:
-        return list(dict.fromkeys(r.config.model for r in self.routes.values()))
+        with self.lock:
+            configs = [*self.groups.values(), *(r.config for r in self.routes.values())]
+        return list(dict.fromkeys(config.model for config in configs))
 
     # -- picking -------------------------------------------------------------------------
 
@@ -279,6 +364,8 @@ class Balancer:
         route.last_done = now
         for watcher in route.watchers:
             watcher.loaded(route)
+        if route.retired and not route.in_flight and self.routes.get(route.name) is route:
+            del self.routes[route.name]  # its last call ended: drained
 
     def succeeded(
         self,
@@ -369,7 +456,9 @@ class Balancer:
     def observe_check(self, name: str, healthy: bool, reason: str | None = None) -> None:
         """An active check's verdict: a failing healthy route is ejected; a passing ejected
         route may take its trial request now instead of waiting out the cooldown."""
-        route = self.routes[name]
+        route = self.routes.get(name)
+        if route is None:  # a discovered instance that has gone meanwhile
+            return
         with self.lock:
             now = self.clock()
             health = route.health
@@ -397,9 +486,16 @@ class Balancer:
         kv_usage: float | None = None,
     ) -> None:
         """A load report of route ``name`` read now (its ``/metrics``; see ``load.py``)."""
-        route = self.routes[name]
+        route = self.routes.get(name)
+        if route is None:
+            return
         with self.lock:
             record_report(route, self.clock(), waiting, running, kv_usage, "metrics")
+
+    def configs(self) -> list[RouteConfig]:
+        """The routes that take calls now (discovered instances included, retired ones not)."""
+        with self.lock:
+            return [r.config for r in self.routes.values() if not r.retired]
 
     def in_use(self, idle: float) -> list[str]:
         """The routes with a request in flight, or one ended in the last ``idle`` seconds."""
@@ -427,7 +523,7 @@ class Balancer:
         with self.lock:
             now = self.clock()
             max_age = self.load_max_age
-            return {name: r.snapshot(now, max_age) for name, r in self.routes.items()}
+            return {name: r.snapshot(now, max_age) for name, r in list(self.routes.items())}
 
 
 def _smoothed(old: float | None, sample: float, n: int, alpha: float) -> float:

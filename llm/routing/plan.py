@@ -64,6 +64,9 @@ def plan_call(
     if route is not None:
         try:
             pool = balancer.single(route)
+            if not pool.routes:
+                status = balancer.group_status.get(route, "none")
+                raise NoRouteError(f"route {route!r} has no instance now: {status}")
         except KeyError:
             raise NoRouteError(
                 f"no route named {route!r}; configured routes: " + ", ".join(balancer.routes)
@@ -71,6 +74,13 @@ def plan_call(
     else:
         found = balancer.pool(model)
         if found is None:
+            waiting = [
+                f"route {name!r} discovers its instances: {balancer.group_status[name]}"
+                for name, group in balancer.groups.items()
+                if group.model == model
+            ]
+            if waiting:
+                raise NoRouteError(f"no instance serves model {model!r} now; " + "; ".join(waiting))
             raise NoRouteError(
                 f"no route serves model {model!r}; models served: " + ", ".join(balancer.models())
             )
@@ -215,6 +225,10 @@ class CallPlan:
         if made and now >= self.deadline_at:
             return None
         balancer = self.balancer
+        if self.pool.stale:  # discovered instances joined or left since the last attempt
+            self.pool = balancer.current(self.pool)
+        if self.fallback is not None and self.fallback.stale:
+            self.fallback = balancer.current(self.fallback)
         unfit_routes = self.unfit
         tried: Container[RouteState] = self.tried
         if unfit_routes:

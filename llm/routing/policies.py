@@ -62,6 +62,7 @@ lists the usable ones only when that fails, or when the pool is small.
 from __future__ import annotations
 
 import random
+import weakref
 from collections.abc import Container, Sequence
 from typing import Protocol
 
@@ -120,8 +121,8 @@ class LeastLatency:
             raise ValueError("probe_budget must be positive")
         self.reprobe_interval = reprobe_interval
         self.probe_budget = probe_budget
-        # per pool: picks since its last re-probe (pools live as long as their balancer)
-        self.since_probe: dict[Pool, int] = {}
+        # per pool: picks since its last re-probe (a pool that discovery replaced goes)
+        self.since_probe: weakref.WeakKeyDictionary[Pool, int] = weakref.WeakKeyDictionary()
 
     def choose(
         self,

@@ -52,6 +52,7 @@ class RouteState:
         "report_source",
         "report_waiting",
         "requests",
+        "retired",
         "retry_after_until",
         "running_at",
         "slots",
@@ -100,6 +101,7 @@ class RouteState:
         # its context window (fit.py): the config's, /v1/models', or a 400's word for it
         self.max_model_len = config.max_model_len
         self.limit_source: str | None = "config" if config.max_model_len else None
+        self.retired = False  # discovery saw it go: in no pool, its calls in flight finish
 
     @property
     def done(self) -> int:
@@ -115,7 +117,7 @@ class RouteState:
             "route": self.name,
             "base_url": self.config.shown_url,
             "model": self.config.model,
-            "state": self.health.state(now).value,
+            "state": "draining" if self.retired else self.health.state(now).value,
             "requests": self.requests,
             "successes": self.successes,
             "failures": self.failures,
@@ -134,6 +136,7 @@ class RouteState:
             "max_model_len": self.max_model_len,
             "max_model_len_source": self.limit_source,
             "affinity": {"home_calls": self.home_calls, "home_spills": self.home_spills},
+            "discovered_by": self.config.group,
         }
 
 
@@ -155,3 +158,5 @@ class Pool:
     homes: dict[bytes, tuple[RouteState, ...]] = field(default_factory=dict)  # affinity.py
     min_limit: int | None = None  # the smallest known max_model_len (fit.py)
     limits_version: int = -1
+    key: tuple[str, str] = ("model", "")  # what it is the pool of: ("model" | "single", name)
+    stale: bool = False  # replaced: discovered instances joined or left (Balancer.current)

@@ -1,4 +1,5 @@
-"""The balancer's health changes, logged: the listener every provider gives its balancer.
+"""The balancer's health changes, logged: the listener every provider gives its balancer; and
+what discovery found (``probes/discovery.py``).
 
 Through loguru, silent until the application calls ``logger.enable("llm")`` (see
 ``llm/__init__.py``): ejections at WARNING, misconfigured routes at ERROR, recoveries at INFO.
@@ -27,3 +28,13 @@ def log_health_change(change: HealthChange) -> None:
         logger.error("route {} is misconfigured: {}", change.route, change.reason)
     else:
         logger.info("route {} is healthy again", change.route)
+
+
+def log_discovery(group: str, joined: list[str], retired: list[str], note: str | None) -> None:
+    """Instances of a discovering route that joined or were retired, and what went wrong."""
+    if joined:
+        logger.info("route {}: instances joined: {}", group, ", ".join(joined))
+    if retired:
+        logger.info("route {}: instances retired (draining): {}", group, ", ".join(retired))
+    if note:
+        logger.warning("route {}: discovery: {}", group, note)
