@@ -219,3 +219,24 @@ def test_a_too_long_400_with_nowhere_else_to_go_is_the_servers_own_error(
         assert small.request_count == 1
     finally:
         provider.close()
+
+
+def test_a_pinned_call_refused_as_too_long_never_moves_to_the_context_fallback() -> None:
+    balancer = balancer_with(small=None, huge=32768)
+    pinned = plan_call(
+        balancer, route="small", model="m", retry=RetryConfig(), deadline=10.0, tokens=100
+    )
+    route = pinned.next()
+    assert route is not None and route.name == "small"
+    started = pinned.start(route)
+    pinned.finished(route, started)
+    balancer.learn_limit("small", 512, "error")
+    assert not pinned.refit(900)  # nowhere else to go: the server's 400 is the answer
+    assert pinned.pool.routes == (route,)
+    free = plan(balancer, 0, 100)
+    first = free.next()
+    assert first is not None and first.name == "small"
+    free.start(first)
+    free.finished(first, started)
+    assert free.refit(900)  # not pinned: the context fallback may take it
+    assert [r.name for r in free.pool.routes] == ["huge"]

@@ -99,6 +99,7 @@ def plan_call(
         tokens=tokens,
         key=key,
     )
+    plan.pinned = route is not None
     if balancer.limits_known:
         plan.prompt_tokens = prompt_tokens
         need = need_of(prompt_tokens, tokens)
@@ -106,7 +107,7 @@ def plan_call(
         if need > min_limit(pool, balancer.limits_version) or (
             fallback_limit is not None and fallback_limit < need
         ):
-            plan.fit(need, pinned=route is not None, model=model)
+            plan.fit(need, model=model)
     return plan
 
 
@@ -128,6 +129,7 @@ class CallPlan:
         "key",
         "last_error",
         "max_attempts",
+        "pinned",
         "pool",
         "prompt_tokens",
         "repeats",
@@ -173,16 +175,18 @@ class CallPlan:
         self.timeout = 0.0
         self.prompt_tokens = 0
         self.unfit: frozenset[RouteState] = frozenset()  # routes the call does not fit
+        self.pinned = False  # a pinned call never leaves its route for the context fallback
 
     # -- fitting -------------------------------------------------------------------------
 
-    def fit(self, need: int, *, pinned: bool = False, model: str | None = None) -> bool:
+    def fit(self, need: int, *, model: str | None = None) -> bool:
         """Keep the call off the routes whose context window is smaller than ``need``
         (``fit.py``): to the context fallback when no route of the pool fits. True when
         some route not tried yet fits; raises ``ContextWindowError`` when none fits at all
         before the first attempt."""
         balancer = self.balancer
         fallback = self.fallback
+        pinned = self.pinned
         candidates = [*self.pool.routes, *(fallback.routes if fallback is not None else ())]
         self.unfit = unfit(candidates, need)
         if fallback is not None and fallback.routes[0] in self.unfit:
