@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -341,7 +342,7 @@ def test_the_chart_is_valid_svg_with_two_bars_per_client():
 
 
 def test_each_workload_is_seeded_and_deterministic():
-    for name in ("prefix", "hot"):
+    for name in ("prefix", "hot", "tenants"):
         first = workloads.make_calls(name, 5, 6.0, 30.0, (16, 160))
         assert first == workloads.make_calls(name, 5, 6.0, 30.0, (16, 160))
         other = workloads.make_calls(name, 6, 6.0, 30.0, (16, 160))
@@ -454,6 +455,23 @@ def test_the_hot_workload_has_its_hot_share_on_one_long_prompt():
     assert all(len(group) == 1 for group in closed)
     share = sum(group[0].shared is not None for group in closed) / len(closed)
     assert share == pytest.approx(0.8, abs=0.025)  # capacity is measured on the same mix
+
+
+def test_the_tenants_outgrow_one_cache_but_not_the_fleets_and_spread_over_many():
+    spec = FleetSpec(**workloads.fleet_overrides("tenants"))
+    sizes = workloads.tenant_prompt_tokens()
+    assert len(sizes) == workloads.TENANTS == 40
+    total = sum(sizes)
+    assert total > 3 * spec.cache_tokens  # 60,000 > 3 x 16,384: one cache holds a quarter
+    assert total < len(spec.speeds) * spec.cache_tokens  # the four together hold them all
+    for k, prompt in enumerate(workloads.tenant_prompts()[:3]):
+        assert len(prompt) // CHARS_PER_TOKEN == sizes[k]
+    calls = workloads.tenants_workload(2, rate=20.0, duration=100.0)
+    picked = Counter(c.shared for c in calls)
+    assert len(picked) == 40 and max(picked.values()) / len(calls) < 0.15  # no single hot one
+    assert all(c.messages[0] == ("system", workloads.tenant_prompts()[c.shared]) for c in calls)
+    groups = workloads.closed_sessions("tenants", 0, (16, 160))
+    assert all(len(next(groups)) == 1 for _ in range(50))
 
 
 def test_a_session_call_survives_json_and_an_old_call_still_reads():
@@ -656,7 +674,9 @@ def test_the_affinity_page_replaces_its_own_section_and_keeps_the_others():
     words = " ".join(prefix.split())  # the prose is wrapped
     assert "36,853 tokens in all: 2.25× what one instance's prefix cache holds" in words
     both = affinity_page(page, "prefix", prefix)
-    assert hot in both and prefix in both and "Not run yet" not in both
+    assert hot in both and prefix in both
+    assert "Not run yet: `python scripts/bench_fleet.py --workload prefix" not in both
+    assert "Not run yet: `python scripts/bench_fleet.py --workload tenants" in both
     newer = hot.replace("on D1", "on D3")
     assert newer != hot
     last = affinity_page(both, "hot", newer)

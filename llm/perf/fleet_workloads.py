@@ -28,6 +28,13 @@ here opens a socket or reads a clock; the same seed gives the same calls.
   as ``session=``. Half of the calls are streamed, ``max_tokens`` as in ``mixed``. In the
   closed loop every worker runs one session after another, each turn as soon as the last one
   was answered.
+- ``tenants``: many tenants, single turns, the regime of llm-d's headline figures (150
+  tenants with 6k-token prefixes). :data:`TENANTS` (40) system prompts of 1,200-1,800 tokens
+  (60,000 tokens: 3.7 times one instance's cache, 92 % of the four caches together), picked
+  by a flatter Zipf law (exponent :data:`TENANT_ZIPF`, 0.6), each call one tenant's prompt
+  and a question of its own (20-100 tokens). A prefix-blind router makes every instance
+  cache every tenant (thrashing); homes split the tenants among the instances, each of
+  which can then hold its share.
 - ``hot``: one hot prefix. :data:`HOT_SHARE` (80 %) of the calls begin with one system
   prompt of :data:`HOT_TOKENS` (2,048) tokens and ask a question of their own (20-100
   tokens); the rest are unique prompts of 100-400 tokens, as in ``mixed``; no sessions.
@@ -72,7 +79,7 @@ from .fleet_model import (
     text_of_tokens,
 )
 
-WORKLOADS = ("mixed", "prefix", "hot")
+WORKLOADS = ("mixed", "prefix", "hot", "tenants")
 DEFAULT_WORKLOAD = "mixed"
 
 # the fleet of "prefix" and "hot" (see the module docstring)
@@ -92,6 +99,11 @@ LEAD = 30.0  # seconds before the run from which sessions start (a 6-turn one sp
 # "hot"
 HOT_SHARE = 0.8
 HOT_TOKENS = 2048
+
+# "tenants"
+TENANTS = 40
+TENANT_TOKENS = (1200, 1800)  # the tenants' system prompts, spread evenly
+TENANT_ZIPF = 0.6  # flatter than "prefix": many tenants matter
 
 AFFINITY = "least_load+affinity"  # least_load, affinity by_prefix, session= on session calls
 BY_PREFIX = "least_load+by_prefix"  # least_load, affinity by_prefix, no session=
@@ -262,6 +274,56 @@ def hot_workload(
     return calls
 
 
+# -- "tenants" ----------------------------------------------------------------------------
+
+
+def tenant_prompt_tokens() -> tuple[int, ...]:
+    """Each tenant's system prompt size, by popularity rank, spread evenly over
+    ``TENANT_TOKENS`` in an order unrelated to popularity (rank ``k`` takes size ``7 k mod
+    40``, 7 being prime to 40)."""
+    low, high = TENANT_TOKENS
+    n = TENANTS
+    sizes = [low + (high - low) * j // (n - 1) for j in range(n)]
+    return tuple(sizes[(7 * k) % n] for k in range(n))
+
+
+@functools.lru_cache(maxsize=1)
+def tenant_prompts() -> tuple[str, ...]:
+    """The tenants' system prompts, most popular first (the same in every run)."""
+    return tuple(
+        text_of_tokens(random.Random(f"tenant-system-{k}"), tokens, f"You serve tenant {k}.")
+        for k, tokens in enumerate(tenant_prompt_tokens())
+    )
+
+
+def tenant_call(
+    rng: random.Random, index: int, at: float, max_tokens: tuple[int, int], tag: str = ""
+) -> Call:
+    """One call of ``tenants``: a tenant's system prompt (by a Zipf law) and a question."""
+    prompts = tenant_prompts()
+    which = rng.choices(range(TENANTS), weights=zipf_weights(TENANTS, TENANT_ZIPF))[0]
+    stream = rng.random() < 0.5
+    budget = rng.randint(*max_tokens)
+    question = text_of_tokens(rng, rng.randint(*SHARED_QUESTION), f"Question {tag}{index}:")
+    messages: tuple[tuple[str, str], ...] = (("system", prompts[which]), ("user", question))
+    return Call(index, at, messages, budget, stream, which)
+
+
+def tenants_workload(
+    seed: int, rate: float, duration: float, max_tokens: tuple[int, int] = (16, 160)
+) -> list[Call]:
+    """Poisson arrivals at ``rate`` per second over ``duration`` seconds, each a tenant's."""
+    if rate <= 0 or duration <= 0:
+        raise ValueError("rate and duration must be positive")
+    rng = random.Random(f"tenants-{seed}")
+    calls: list[Call] = []
+    at = rng.expovariate(rate)
+    while at < duration:
+        calls.append(tenant_call(rng, len(calls), at, max_tokens, f"{seed}-"))
+        at += rng.expovariate(rate)
+    return calls
+
+
 # -- by name ------------------------------------------------------------------------------
 
 
@@ -273,6 +335,8 @@ def make_calls(
         return prefix_workload(seed, rate, duration, max_tokens)
     if name == "hot":
         return hot_workload(seed, rate, duration, max_tokens)
+    if name == "tenants":
+        return tenants_workload(seed, rate, duration, max_tokens)
     return make_workload(seed, rate, duration, max_tokens)
 
 
@@ -289,6 +353,10 @@ def closed_sessions(name: str, seed: int, max_tokens: tuple[int, int]) -> Iterat
         rng = random.Random(f"hot-saturation-{seed}")
         for index in counter:
             yield [hot_call(rng, index, 0.0, max_tokens, f"s{seed}-")]
+    elif name == "tenants":
+        rng = random.Random(f"tenants-saturation-{seed}")
+        for index in counter:
+            yield [tenant_call(rng, index, 0.0, max_tokens, f"s{seed}-")]
     else:  # exactly the calls the closed loop drew before there were workloads
         rng = random.Random(f"saturation-{seed}")
         prompts = system_prompts()
@@ -312,6 +380,7 @@ __all__ = [
     "HOT_SHARE",
     "HOT_TOKENS",
     "PREFILL_MS_PER_TOKEN",
+    "TENANTS",
     "WORKLOADS",
     "ClientOptions",
     "affinity_clients",
@@ -326,5 +395,7 @@ __all__ = [
     "prefix_prompt_tokens",
     "prefix_prompts",
     "prefix_workload",
+    "tenant_prompt_tokens",
+    "tenants_workload",
     "zipf_weights",
 ]

@@ -31,8 +31,10 @@ within ``spill_ratio``: in the fleet benchmark's prefix workload that queued cal
 slow instances' batches, and the p99 time to first token was 1.8 times least load's with one
 app replica, 3.7 times with four.)
 
-"The policy's own choice" is the policy's pick among the pool's routes other than the homes,
-so the question asked is always "home, or the best place elsewhere".
+A call that no home takes goes where the policy would have sent it without a key (its pick
+among the whole pool, homes included: the homes may be the fleet's fastest routes, and
+keeping the calls they spill off them sent a hot key's overflow to the slowest instances,
+p99 2.3 times least load's in the benchmark's ``hot`` workload).
 
 ``slots`` is what the server reported running at most (``/metrics``, polled by default under
 ``least_load``); a server that never said counts one slot, so a home is then used only while
@@ -48,7 +50,7 @@ from collections.abc import Container, Sequence
 from typing import TYPE_CHECKING
 
 from ..config.model import AffinityConfig
-from .indexes import Either, usable
+from .indexes import usable
 from .load import estimated_load
 from .state import WARMUP_SAMPLES
 
@@ -110,12 +112,11 @@ class Affinity:
             for route in self.homes_of(pool, key)
             if usable(route, now) and route not in exclude
         ][: self.homes]
-        if not homes:
-            return policy.choose(pool, exclude, now, stream, tokens)
-        # the best place elsewhere, by the policy's own rule
-        other = policy.choose(pool, Either(exclude, homes), now, stream, tokens)
-        group = homes if other is None else [*homes, other]
-        costs = self.costs.costs(group, now, tokens, stream)
+        # the policy's own choice: where the call goes if no home takes it
+        other = policy.choose(pool, exclude, now, stream, tokens)
+        if not homes or other is None:
+            return other
+        costs = self.costs.costs([*homes, other], now, tokens, stream)
         best = min(costs)
         for home, cost in zip(homes, costs, strict=False):
             # a home still warming up is not judged by its speed yet (its first answers
@@ -124,8 +125,6 @@ class Affinity:
             if fast_enough and self._has_room(home, now):
                 home.home_calls += 1
                 return home
-        if other is None:  # every home is much slower than another: the fastest of them
-            return homes[costs.index(best)]
         homes[0].home_spills += 1
         return other
 
