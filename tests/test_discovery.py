@@ -241,8 +241,12 @@ def test_instances_join_after_a_passing_check_and_leave_when_their_record_goes(
     provider = provider_for(port, dns)
     try:
         assert dns.asked[0] == ("vllm.default.svc", port)
-        names = set(provider.stats())
+        stats = provider.stats()
+        names = set(stats)
         assert names == {f"fleet@127.0.0.2:{port}", f"fleet@127.0.0.3:{port}"}  # at once
+        assert {(s["max_model_len"], s["max_model_len_source"]) for s in stats.values()} == {
+            (2048, "models")  # their join checks read /v1/models
+        }
         health = provider.health()
         assert set(health) == names and all(h["max_model_len"] == 2048 for h in health.values())
         for _ in range(6):

@@ -19,7 +19,8 @@ changed). Then, against the instances the balancer has now:
   every instance (the Service has no ready pod).
 
 The first round runs in the provider's constructor, so that its first call finds the
-instances up then; its lookups and checks are bounded by the check timeout. Each change is
+instances up then: its checks are bounded by the check timeout, a DNS lookup by the system
+resolver's own timeouts. Each change is
 logged (``send/log.py``); ``Balancer.group_status`` says what the last round found, and
 ``provider.stats()`` shows each instance with ``discovered_by``.
 """
@@ -115,10 +116,8 @@ class Discoverer(Background):
                     failed.append(f"{check.route}: {check.error}")
         keep = [c for c in wanted if c.name in current or c.name in passed]
         joined, retired = balancer.set_members(name, keep)
-        for check_name in passed:  # /v1/models told its window before it was a route
-            for config in keep:
-                if config.name == check_name and config.max_model_len is None:
-                    balancer.learn_limit(check_name, self._limits.get(check_name), "models")
+        for joiner in joined:  # its window, as /v1/models said in its check (not over a config's)
+            balancer.learn_limit(joiner, self._limits.pop(joiner, None), "models")
         waiting = f"; {len(failed)} not joined yet (failed their check)" if failed else ""
         balancer.group_status[name] = f"{len(keep)} instance(s){waiting}"
         if joined or retired or failed or problem:
