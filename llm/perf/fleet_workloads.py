@@ -65,7 +65,7 @@ from __future__ import annotations
 import functools
 import itertools
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -166,8 +166,13 @@ def prefix_prompt_tokens() -> tuple[int, ...]:
     """Each system prompt's size in tokens, by popularity rank: the sizes spread evenly over
     ``PREFIX_TOKENS``, put in an order unrelated to popularity (rank ``k`` takes size
     ``7 k mod 24``, 7 being prime to 24)."""
-    low, high = PREFIX_TOKENS
-    n = PREFIX_PROMPTS
+    return spread_sizes(PREFIX_TOKENS, PREFIX_PROMPTS)
+
+
+def spread_sizes(bounds: tuple[int, int], n: int) -> tuple[int, ...]:
+    """``n`` sizes spread evenly over ``bounds``, rank ``k`` taking the ``7 k mod n``-th (7
+    prime to ``n``): sizes in an order unrelated to popularity."""
+    low, high = bounds
     sizes = [low + (high - low) * j // (n - 1) for j in range(n)]
     return tuple(sizes[(7 * k) % n] for k in range(n))
 
@@ -263,13 +268,28 @@ def hot_workload(
     seed: int, rate: float, duration: float, max_tokens: tuple[int, int] = (16, 160)
 ) -> list[Call]:
     """Poisson arrivals at ``rate`` per second over ``duration`` seconds, each a hot call."""
+    return poisson_calls(random.Random(f"hot-{seed}"), rate, duration, max_tokens, seed, hot_call)
+
+
+CallMaker = Callable[[random.Random, int, float, tuple[int, int], str], Call]
+
+
+def poisson_calls(
+    rng: random.Random,
+    rate: float,
+    duration: float,
+    max_tokens: tuple[int, int],
+    seed: int,
+    make: CallMaker,
+) -> list[Call]:
+    """Poisson arrivals at ``rate`` per second over ``duration`` seconds, each call made by
+    ``make`` from the same ``rng`` that draws the arrivals."""
     if rate <= 0 or duration <= 0:
         raise ValueError("rate and duration must be positive")
-    rng = random.Random(f"hot-{seed}")
     calls: list[Call] = []
     at = rng.expovariate(rate)
     while at < duration:
-        calls.append(hot_call(rng, len(calls), at, max_tokens, f"{seed}-"))
+        calls.append(make(rng, len(calls), at, max_tokens, f"{seed}-"))
         at += rng.expovariate(rate)
     return calls
 
@@ -281,10 +301,7 @@ def tenant_prompt_tokens() -> tuple[int, ...]:
     """Each tenant's system prompt size, by popularity rank, spread evenly over
     ``TENANT_TOKENS`` in an order unrelated to popularity (rank ``k`` takes size ``7 k mod
     40``, 7 being prime to 40)."""
-    low, high = TENANT_TOKENS
-    n = TENANTS
-    sizes = [low + (high - low) * j // (n - 1) for j in range(n)]
-    return tuple(sizes[(7 * k) % n] for k in range(n))
+    return spread_sizes(TENANT_TOKENS, TENANTS)
 
 
 @functools.lru_cache(maxsize=1)
@@ -313,15 +330,8 @@ def tenants_workload(
     seed: int, rate: float, duration: float, max_tokens: tuple[int, int] = (16, 160)
 ) -> list[Call]:
     """Poisson arrivals at ``rate`` per second over ``duration`` seconds, each a tenant's."""
-    if rate <= 0 or duration <= 0:
-        raise ValueError("rate and duration must be positive")
     rng = random.Random(f"tenants-{seed}")
-    calls: list[Call] = []
-    at = rng.expovariate(rate)
-    while at < duration:
-        calls.append(tenant_call(rng, len(calls), at, max_tokens, f"{seed}-"))
-        at += rng.expovariate(rate)
-    return calls
+    return poisson_calls(rng, rate, duration, max_tokens, seed, tenant_call)
 
 
 # -- by name ------------------------------------------------------------------------------

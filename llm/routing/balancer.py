@@ -145,10 +145,7 @@ class Balancer:
             with self.lock:
                 group = self.groups.get(name)
                 if group is not None:
-                    members = [
-                        r for r in self.routes.values() if r.config.group == name and not r.retired
-                    ]
-                    pool = self._new_pool(group.model, members, ("single", name))
+                    pool = self._new_pool(group.model, self._members(name), ("single", name))
                 else:
                     route = self.routes[name]
                     pool = self._new_pool(route.config.model, [route], ("single", name))
@@ -180,9 +177,11 @@ class Balancer:
     def members(self, group: str) -> list[RouteConfig]:
         """The instances of discovering route ``group`` that take calls now."""
         with self.lock:
-            return [
-                r.config for r in self.routes.values() if r.config.group == group and not r.retired
-            ]
+            return [route.config for route in self._members(group)]
+
+    def _members(self, group: str) -> list[RouteState]:
+        """The instances of ``group`` not retired (under the lock)."""
+        return [r for r in self.routes.values() if r.config.group == group and not r.retired]
 
     def set_members(
         self, group: str, configs: Sequence[RouteConfig]
@@ -193,9 +192,7 @@ class Balancer:
         Returns the names that joined and those retired."""
         with self.lock:
             wanted = {config.name: config for config in configs}
-            current = {
-                name for name, r in self.routes.items() if r.config.group == group and not r.retired
-            }
+            current = {route.name for route in self._members(group)}
             joined = [name for name in wanted if name not in current]
             retired = sorted(current - wanted.keys())
             for name in joined:
