@@ -30,9 +30,9 @@ from llm.errors import InvalidRequestError
 from llm.factory import LLMFactory
 from llm.providers.vllm_openai import VLLMOpenAIProvider
 from llm.routing import Balancer
-from llm.routing.affinity import ranked, rendezvous_score
-from llm.routing.load import record_report
-from llm.routing.state import WARMUP_SAMPLES
+from llm.routing.affinity import DECAY, HOT_MIN_CALLS, ranked, rendezvous_score
+from llm.routing.load import estimated_load, record_report
+from llm.routing.state import WARMUP_SAMPLES, Pool, RouteState
 from llm.testing import FakeVLLM
 
 QUIET = HealthConfig(stall_factor=0)
@@ -204,7 +204,39 @@ def test_calls_with_one_key_go_to_its_first_home_while_it_has_a_free_slot() -> N
     assert home.home_spills == 1 or spilled.home_calls == 1  # spilled to home 2, or away
 
 
-def test_a_hot_key_never_queues_at_home_while_a_batch_elsewhere_has_room() -> None:
+def _occupancy(route: RouteState, now: float) -> float:
+    return estimated_load(route, now) / max(route.slots, 1.0)
+
+
+def _pool_occupancy(pool: Pool, now: float) -> float:
+    return sum(estimated_load(r, now) for r in pool.routes) / sum(r.slots for r in pool.routes)
+
+
+def test_in_a_fleet_that_queues_everywhere_a_key_goes_home_within_the_load_bound() -> None:
+    clock = FakeClock(10.0)
+    balancer = balancer_of(4, clock=clock)  # load_bound 1.25
+    for name in balancer.routes:
+        _report(balancer, name, running=8.0, waiting=4.0)  # 8 slots, a queue of 4 each
+    pool = balancer.pool("m")
+    assert pool is not None
+    key = b"tenant-b"
+    first = ranked(key, pool.routes, 1)[0]
+    # no free slot anywhere: the home still takes the call (its queue is no longer)
+    route = balancer.pick(pool, (), False, 32, key, 2048)
+    assert route is first and first.home_calls == 1
+    for _ in range(30):
+        route = balancer.pick(pool, (), False, 32, key, 2048)
+        assert route is not None
+        balancer.dispatch(route, 32)
+    assert first.home_spills > 0  # it filled up to the bound, then the rest spilled
+    # what the bound promises: no home pushed past 1.25 times the pool's occupancy (+ the
+    # one call that decided it)
+    now = clock()
+    assert _occupancy(first, now) <= 1.25 * _pool_occupancy(pool, now) + 1 / 8
+    assert _occupancy(first, now) > _pool_occupancy(pool, now)  # yet fuller than the rest
+
+
+def test_a_hot_key_is_spread_over_the_whole_pool_once_it_is_most_of_the_calls() -> None:
     clock = FakeClock(10.0)
     balancer = balancer_of(4, clock=clock)
     for name in balancer.routes:
@@ -213,34 +245,70 @@ def test_a_hot_key_never_queues_at_home_while_a_batch_elsewhere_has_room() -> No
     pool = balancer.pool("m")
     assert pool is not None
     key = b"the-hot-one"
-    homes = ranked(key, pool.routes, 2)
-    for _ in range(16):
-        route = balancer.pick(pool, (), False, 32, key)
-        assert route is not None and route in homes  # its two homes fill first
-        balancer.dispatch(route, 32)
-    assert [r.in_flight for r in homes] == [8, 8]
-    for _ in range(16):  # the fleet's other 16 slots: least load's choice, over the pool
-        route = balancer.pick(pool, (), False, 32, key)
+    for _ in range(HOT_MIN_CALLS):  # counted, each going home while it has room
+        route = balancer.pick(pool, (), False, 32, key, 2048)
+        assert route is not None
+        balancer.finished(route, balancer.dispatch(route, 32), 32)
+    homes_before = sum(r.home_calls for r in pool.routes)
+    assert homes_before >= HOT_MIN_CALLS - 1
+    for _ in range(32):  # every call has this key: the policy decides, over the pool
+        route = balancer.pick(pool, (), False, 32, key, 2048)
         assert route is not None
         balancer.dispatch(route, 32)
-    assert sum(r.home_calls for r in homes) == 16 and homes[0].home_spills == 16
-    others = [r for r in pool.routes if r not in homes]
-    assert sum(r.in_flight for r in others) >= 12  # most of the overflow went where room was
+    assert sum(r.home_calls for r in pool.routes) == homes_before
+    loads = sorted(r.in_flight for r in pool.routes)
+    assert loads[0] >= 6 and loads[-1] <= 10  # least load's spread, not two homes' queue
 
 
-def test_a_home_much_slower_than_the_alternative_is_not_worth_its_cache() -> None:
+def test_a_rare_key_among_many_keeps_its_homes() -> None:
     clock = FakeClock(10.0)
-    balancer = balancer_of(2, clock=clock, homes=1)
+    balancer = balancer_of(4, clock=clock)
+    pool = balancer.pool("m")
+    assert pool is not None
+    for i in range(200):  # 200 calls of 100 keys: each 1 %
+        route = balancer.pick(pool, (), False, 32, KEYS[i % 100], 2048)
+        assert route is not None
+        balancer.finished(route, balancer.dispatch(route, 32), 32)
+    assert pool.keyed_calls == 200 and len(pool.key_calls) == 100
+    key = KEYS[7]
+    assert balancer.pick(pool, (), False, 32, key, 2048) is ranked(key, pool.routes, 1)[0]
+
+
+def test_key_counts_decay_so_that_a_key_that_cooled_down_gets_its_homes_back() -> None:
+    clock = FakeClock(10.0)
+    balancer = balancer_of(4, clock=clock)
+    pool = balancer.pool("m")
+    assert pool is not None
+    hot = b"was-hot"
+    for i in range(DECAY * 3):
+        key = hot if i < DECAY else KEYS[i % 1000]
+        route = balancer.pick(pool, (), False, 32, key, 2048)
+        assert route is not None
+        balancer.finished(route, balancer.dispatch(route, 32), 32)
+    assert pool.keyed_calls < DECAY  # halved as it went
+    assert pool.key_calls[hot] < 0.1 * pool.keyed_calls  # its share faded from 100 %
+    assert len(pool.key_calls) <= 1000  # keys that faded away are dropped
+    assert balancer.pick(pool, (), False, 32, hot, 2048) is ranked(hot, pool.routes, 1)[0]
+
+
+def test_a_slower_home_is_worth_it_for_a_long_prompt_only() -> None:
+    clock = FakeClock(10.0)
+    balancer = balancer_of(2, clock=clock, homes=1)  # spill_ratio 3
     pool = balancer.pool("m")
     assert pool is not None
     key = next(k for k in KEYS if ranked(k, pool.routes, 1)[0].name == "r0")
     r0, r1 = balancer.routes["r0"], balancer.routes["r1"]
     r0.token_time, r1.token_time = 0.04, 0.01  # the home is 4 times slower...
-    assert balancer.pick(pool, (), False, 32, key) is r0  # ...but still warming up
+    assert balancer.pick(pool, (), False, 32, key, 2048) is r0  # ...but still warming up
     r0.latency_samples = r1.latency_samples = WARMUP_SAMPLES  # measured now
-    assert balancer.pick(pool, (), False, 32, key) is r1
-    r0.token_time = 0.012  # 1.2 times: within spill_ratio (1.5), home it is
-    assert balancer.pick(pool, (), False, 32, key) is r0
+    assert balancer.pick(pool, (), False, 32, key, 2048) is r1  # 4x > spill_ratio
+    r0.token_time = 0.025  # 2.5 times
+    assert balancer.pick(pool, (), False, 32, key, 2048) is r0  # a long prompt: worth it
+    assert balancer.pick(pool, (), False, 32, key, 1024) is r0  # from 1,024 tokens on
+    assert balancer.pick(pool, (), False, 32, key, 512) is r1  # 512: up to 2x only
+    assert balancer.pick(pool, (), False, 32, key, 0) is r1  # unknown: as fast or not at all
+    r0.token_time = 0.01
+    assert balancer.pick(pool, (), False, 32, key, 0) is r0  # as fast: home
 
 
 def test_an_ejected_or_tried_home_hands_its_calls_to_the_next_ranked_route() -> None:

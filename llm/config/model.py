@@ -171,14 +171,17 @@ class AffinityConfig:
     """Prefix affinity (``llm.affinity``; see ``routing/affinity.py`` and the README).
 
     ``by_prefix``: derive an affinity key from each call's prompt head (a call's ``session=``
-    gives one whatever this says); ``homes``: how many home routes a key has; ``spill_ratio``:
-    a call leaves home when home's expected time is more than this many times the best
-    alternative's; ``prefix_chars``: how much of the prompt's head makes the key at most.
+    gives one whatever this says); ``homes``: how many home routes a key has; ``load_bound``:
+    a home takes a call while its occupancy is at most this many times the pool's;
+    ``spill_ratio``: a call with a long prompt leaves home when home's expected time is more
+    than this many times the policy's choice's (less for shorter prompts);
+    ``prefix_chars``: how much of the prompt's head makes the key at most.
     """
 
     by_prefix: bool = False
     homes: int = 2
-    spill_ratio: float = 1.5
+    load_bound: float = 1.25
+    spill_ratio: float = 3.0
     prefix_chars: int = 4096
 
 

@@ -98,7 +98,7 @@ HEALTH_KEYS = (
     "stall_min",
 )
 LOAD_KEYS = ("max_age", "orca", "poll_interval")
-AFFINITY_KEYS = ("by_prefix", "homes", "prefix_chars", "spill_ratio")
+AFFINITY_KEYS = ("by_prefix", "homes", "load_bound", "prefix_chars", "spill_ratio")
 DISCOVER_KEYS = ("dns", "file", "interval")
 CONTROL_PARAMS = ("connect_timeout", "deadline", "max_response_bytes", "max_retries", "timeout")
 PARAMS_KEYS = (*CONTROL_PARAMS, "extra_body", *BODY_KEYS)
@@ -372,6 +372,9 @@ def _affinity(path: str, value: object) -> AffinityConfig:
     return AffinityConfig(
         by_prefix=read_bool(join(path, "by_prefix"), raw.get("by_prefix", defaults.by_prefix)),
         homes=read_integer(join(path, "homes"), raw.get("homes", defaults.homes), minimum=1),
+        load_bound=read_number(
+            join(path, "load_bound"), raw.get("load_bound", defaults.load_bound), minimum=1
+        ),
         spill_ratio=read_number(
             join(path, "spill_ratio"), raw.get("spill_ratio", defaults.spill_ratio), minimum=1
         ),

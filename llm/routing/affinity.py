@@ -14,32 +14,44 @@ that joins takes only the keys it now ranks first for. The ranking is cached per
 (a pool is rebuilt when its routes change, and its cache with it).
 
 A call goes to its first usable home (rank order, skipping ejected and already-tried routes,
-up to ``homes`` of them) unless that home is *saturated*; then the next home; when every home
-is saturated, the pool's own policy decides. A home is saturated for a call when either
+up to ``homes`` of them) that passes two tests, else to the pool's own policy's choice (its
+pick among the whole pool, homes included):
 
-- it has no free slot (``estimated load + 1 > slots``: the call would wait in its queue): a
-  hit in the prefix cache saves a prefill, a place in a queue costs a whole call's wait, so a
-  key never queues at home (one hot prefix spreads over the fleet as soon as its homes are
-  full, and a fleet that queues everywhere is routed by the policy alone); or
-- its expected time for this call (``LeastLoad.costs``: the call's own tokens at the route's
-  measured speed, once it has been measured ``WARMUP_SAMPLES`` times) is more than
-  ``spill_ratio`` times the best of the homes and the policy's choice: a slow instance is not
-  worth its cache.
+- **bounded load** (consistent hashing with bounded loads, Mirrokni, Thorup and Zadimoghaddam,
+  2016; HAProxy's ``hash-balance-factor``): the home has a free slot (``estimated load + 1 <=
+  slots``: the call runs at once), or its occupancy with this call, ``(load + 1) / capacity``,
+  is at most ``load_bound`` times the pool's, ``(sum of loads + 1) / sum of capacities``. A
+  route's capacity is its slots times its weight over its seconds per generated token (its
+  latency, unless every route has a token time). So no home is ever more than ``load_bound``
+  times as busy as the fleet as a whole, however hot its keys, and in a fleet that queues
+  everywhere a key still goes home while home's queue is no longer than the others'.
+- **worth it**: the home's expected time for the call (``LeastLoad.costs``: its wait for a
+  slot plus its own tokens at the route's speed) is at most ``1 + (spill_ratio - 1) x
+  min(1, prompt tokens / 1024)`` times that of the policy's choice. What a home saves is the
+  prefill of a cached prompt, so a short prompt (little to save) goes home only where it is
+  about as fast as elsewhere, and a prompt of 1,024 tokens or more may pay up to
+  ``spill_ratio`` times: a slow instance's homes are worth it for long prompts only. A home
+  still warming up (fewer than ``WARMUP_SAMPLES`` answers: its first ones carry connection
+  setup) is not judged by its speed yet.
 
-(A first version let a full home take a call when the best place elsewhere was full too,
-within ``spill_ratio``: in the fleet benchmark's prefix workload that queued calls behind the
-slow instances' batches, and the p99 time to first token was 1.8 times least load's with one
-app replica, 3.7 times with four.)
+**Hot keys spread.** Each pool counts its keys' calls (decayed: halved every ``DECAY`` keyed
+calls). A key with a share ``s`` of them gets ``ceil(HOT_SPREAD x s x routes)`` homes when that
+is more than ``homes``, and goes to the least occupied of them (bounded load still applies);
+when that covers the whole pool, the policy decides alone. A prompt that is 80 % of the
+traffic is cached on every instance anyway: holding it to two homes would only queue it there.
+The count is this replica's own, but every replica sees about the same shares.
 
-A call that no home takes goes where the policy would have sent it without a key (its pick
-among the whole pool, homes included: the homes may be the fleet's fastest routes, and
-keeping the calls they spill off them sent a hot key's overflow to the slowest instances,
-p99 2.3 times least load's in the benchmark's ``hot`` workload).
+Measured on the fleet benchmark's simulation (``llm.perf.fleet_sim``), against ``least_load``
+in the same runs: an earlier rule (home only with a free slot) did nothing once the fleet
+queued (90 % of keyed calls spilled, hit rate 1.04x); bounded load alone lifted the
+``tenants`` hit rate 1.9x but put short unique prompts on the slowest instance (the ``hot``
+workload's p99 1.3x); a cost bound alone (home within ``spill_ratio`` of the best) queued
+calls at home (TTFT p99 2-5x).
 
 ``slots`` is what the server reported running at most (``/metrics``, polled by default under
-``least_load``); a server that never said counts one slot, so a home is then used only while
-idle or when the fleet is as busy. Counters: ``RouteState.home_calls`` (calls sent to it as a
-home), ``home_spills`` (calls whose first home it was, sent elsewhere).
+``least_load``); a server that never said counts one slot. Counters:
+``RouteState.home_calls`` (calls sent to it as a home), ``home_spills`` (calls whose first
+home it was, sent elsewhere).
 """
 
 from __future__ import annotations
@@ -52,6 +64,7 @@ from typing import TYPE_CHECKING
 from ..config.model import AffinityConfig
 from .indexes import usable
 from .load import estimated_load
+from .policies import speeds
 from .state import WARMUP_SAMPLES
 
 if TYPE_CHECKING:
@@ -79,22 +92,32 @@ def ranked(key: bytes, routes: Sequence[RouteState], count: int) -> tuple[RouteS
     return tuple(routes[i] for _, i in scored[:count])
 
 
+PROMPT_FULL = 1024  # prompt tokens from which a home may cost the whole spill_ratio
+HOT_SPREAD = 2.0  # a key with a share s of the calls has ceil(2 x s x routes) homes at least
+DECAY = 1024  # keyed calls between two halvings of the key counts
+HOT_MIN_CALLS = 32  # keyed calls seen before a key's share counts
+
+
 class Affinity:
     """The homes of a key, and whether a call goes home (see the module's doc)."""
 
     def __init__(self, config: AffinityConfig, costs: LeastLoad, max_age: float) -> None:
         self.homes = config.homes
         self.spill_ratio = config.spill_ratio
+        self.load_bound = config.load_bound
         self.costs = costs
         self.max_age = max_age
 
-    def homes_of(self, pool: Pool, key: bytes) -> tuple[RouteState, ...]:
+    def homes_of(self, pool: Pool, key: bytes, count: int = 0) -> tuple[RouteState, ...]:
+        """The key's ranking: ``homes + EXTRA_RANKS`` routes (cached), or ``count``."""
         cache = pool.homes
         found = cache.get(key)
         if found is None:
             found = cache[key] = ranked(key, pool.routes, self.homes + EXTRA_RANKS)
             if len(cache) > CACHE_KEYS:
                 del cache[next(iter(cache))]
+        if count > len(found) and len(found) < len(pool.routes):
+            return ranked(key, pool.routes, count)
         return found
 
     def choose(
@@ -106,28 +129,75 @@ class Affinity:
         tokens: int,
         key: bytes,
         policy: Policy,
+        prompt_tokens: int = 0,
     ) -> RouteState | None:
-        homes = [
-            route
-            for route in self.homes_of(pool, key)
-            if usable(route, now) and route not in exclude
-        ][: self.homes]
         # the policy's own choice: where the call goes if no home takes it
         other = policy.choose(pool, exclude, now, stream, tokens)
-        if not homes or other is None:
+        if other is None:
+            return None
+        wanted = self._spread(pool, key)
+        if wanted >= len(pool.routes):
+            return other  # a hot key: cached everywhere, the policy spreads it
+        occupancy = _Occupancy(pool, exclude, now, self.max_age)
+        homes = [route for route in self.homes_of(pool, key, wanted) if route in occupancy.load]
+        homes = homes[:wanted]
+        if not homes:
             return other
+        if wanted > self.homes:  # a warm key: its least occupied home
+            homes = [min(homes, key=occupancy.of)]
         costs = self.costs.costs([*homes, other], now, tokens, stream)
-        best = min(costs)
+        allowed = 1.0 + (self.spill_ratio - 1.0) * min(1.0, prompt_tokens / PROMPT_FULL)
+        limit = allowed * costs[-1]
+        bound = self.load_bound * occupancy.mean
         for home, cost in zip(homes, costs, strict=False):
-            # a home still warming up is not judged by its speed yet (its first answers
-            # carry the client's own connection setup): it must be measured to be judged
-            fast_enough = home.latency_samples < WARMUP_SAMPLES or cost <= self.spill_ratio * best
-            if fast_enough and self._has_room(home, now):
-                home.home_calls += 1
-                return home
+            if not (occupancy.has_room(home) or occupancy.of(home) <= bound):
+                continue
+            if home.latency_samples >= WARMUP_SAMPLES and cost > limit:
+                continue
+            home.home_calls += 1
+            return home
         homes[0].home_spills += 1
         return other
 
-    def _has_room(self, route: RouteState, now: float) -> bool:
+    def _spread(self, pool: Pool, key: bytes) -> int:
+        """How many homes the key gets: ``homes``, more for a hot key (see the module doc)."""
+        counts = pool.key_calls
+        count = counts[key] = counts.get(key, 0.0) + 1.0
+        total = pool.keyed_calls = pool.keyed_calls + 1.0
+        if total >= DECAY:
+            pool.keyed_calls = total / 2
+            for name in list(counts):
+                half = counts[name] = counts[name] / 2
+                if half < 0.5:
+                    del counts[name]
+        if total < HOT_MIN_CALLS:
+            return self.homes
+        return max(self.homes, math.ceil(HOT_SPREAD * count / total * len(pool.routes)))
+
+
+class _Occupancy:
+    """Each open route's estimated load and capacity, and the pool's mean occupancy."""
+
+    __slots__ = ("capacity", "load", "mean")
+
+    def __init__(
+        self, pool: Pool, exclude: Container[RouteState], now: float, max_age: float
+    ) -> None:
+        routes = [route for route in pool.routes if usable(route, now) and route not in exclude]
+        self.load: dict[RouteState, float] = {}
+        self.capacity: dict[RouteState, float] = {}
+        total_load, total_capacity = 1.0, 0.0
+        for route, speed in zip(routes, speeds(routes), strict=True):
+            load = self.load[route] = estimated_load(route, now, max_age)
+            capacity = self.capacity[route] = max(route.slots, 1.0) * speed
+            total_load += load
+            total_capacity += capacity
+        self.mean = total_load / total_capacity if total_capacity else 0.0
+
+    def of(self, route: RouteState) -> float:
+        """The route's occupancy with one more call."""
+        return (self.load[route] + 1.0) / self.capacity[route]
+
+    def has_room(self, route: RouteState) -> bool:
         """A free slot: the call would run at once, not wait in the server's queue."""
-        return estimated_load(route, now, self.max_age) + 1.0 <= max(route.slots, 1.0)
+        return self.load[route] + 1.0 <= max(route.slots, 1.0)

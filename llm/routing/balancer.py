@@ -265,17 +265,21 @@ class Balancer:
         stream: bool = False,
         tokens: int = 0,
         key: bytes | None = None,
+        prompt_tokens: int = 0,
     ) -> RouteState | None:
         """An available route of ``pool`` not in ``exclude``, chosen by the policy, or None
         (``tokens``: the call's ``max_tokens``, 0 when unknown; ``key``: its affinity key,
-        which sends it to its homes, ``affinity.py``)."""
+        which sends it to its homes, ``affinity.py``; ``prompt_tokens``: its estimated
+        prompt, which tells affinity what a home may save)."""
         lock = self.lock
         lock.acquire()
         try:
             now = self.clock()
             if key is not None and len(pool.routes) > 1:
                 affinity = self._affinity or self._make_affinity()
-                route = affinity.choose(pool, exclude, now, stream, tokens, key, self.policy)
+                route = affinity.choose(
+                    pool, exclude, now, stream, tokens, key, self.policy, prompt_tokens
+                )
             else:
                 route = self.policy.choose(pool, exclude, now, stream, tokens)
             if route is not None and route.in_flight and self._stalled(route, now, pool):

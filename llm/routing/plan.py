@@ -100,8 +100,8 @@ def plan_call(
         key=key,
     )
     plan.pinned = route is not None
+    plan.prompt_tokens = prompt_tokens
     if balancer.limits_known:
-        plan.prompt_tokens = prompt_tokens
         need = need_of(prompt_tokens, tokens)
         fallback_limit = fallback.routes[0].max_model_len if fallback is not None else None
         if need > min_limit(pool, balancer.limits_version) or (
@@ -237,7 +237,9 @@ class CallPlan:
         tried: Container[RouteState] = self.tried
         if unfit_routes:
             tried = Either(tried, unfit_routes)
-        route = balancer.pick(self.pool, tried, self.stream, self.tokens, self.key)
+        route = balancer.pick(
+            self.pool, tried, self.stream, self.tokens, self.key, self.prompt_tokens
+        )
         fallback = self.fallback
         if route is None and fallback is not None and fallback.routes[0] not in tried:
             route = balancer.pick(fallback, (), self.stream)

@@ -37,7 +37,7 @@ times). Adding a policy is one class plus an entry in ``POLICIES``.
 - ``LeastLoad``: power of two choices on the expected wait. Two distinct usable routes are
   drawn at random and the one with the lower cost wins (the first drawn on a tie). When the
   usable routes are listed (a pool of ``SMALL`` routes or fewer), each is drawn in proportion
-  to its speed (weight over seconds per token, ``_speeds``): with uniform draws a pair of the
+  to its speed (weight over seconds per token, ``speeds``): with uniform draws a pair of the
   two slowest routes of four came up one time in six and sent the call to a slow route
   while a fast one idled (6 % of the calls to a quarter-speed instance, where the oracle
   sends 3 %). The cost::
@@ -216,11 +216,11 @@ class LeastLoad:
         """Two distinct routes of ``eligible``, each drawn in proportion to its speed times its
         weight (``speeds``): a slow route is seldom one of the two, so a pair of slow routes
         seldom forces a call onto one of them while a fast one idles."""
-        speeds = _speeds(eligible)
+        weights = speeds(eligible)
         random_ = self.rng.random
-        total = sum(speeds)
-        i = _index_at(speeds, random_() * total, -1)
-        j = _index_at(speeds, random_() * (total - speeds[i]), i)
+        total = sum(weights)
+        i = _index_at(weights, random_() * total, -1)
+        j = _index_at(weights, random_() * (total - weights[i]), i)
         return eligible[i], eligible[j]
 
     def _draw(
@@ -287,7 +287,7 @@ def _learning(route: RouteState) -> bool:
     return route.in_flight > 0 and route.token_time is None and route.latency_ewma is None
 
 
-def _speeds(routes: Sequence[RouteState]) -> list[float]:
+def speeds(routes: Sequence[RouteState]) -> list[float]:
     """Each route's weight over its seconds per token (or, unless every route has that, over
     its latency EWMA; unless every route has that, its weight alone). A route not measured
     yet counts as fast as the fastest measured one, so that it gets measured."""

@@ -156,6 +156,8 @@ class Pool:
     names: frozenset[str] = field(default_factory=frozenset)
     index: object = None
     homes: dict[bytes, tuple[RouteState, ...]] = field(default_factory=dict)  # affinity.py
+    key_calls: dict[bytes, float] = field(default_factory=dict)  # affinity.py: decayed counts
+    keyed_calls: float = 0.0  # affinity.py: calls with a key, decayed alike
     min_limit: int | None = None  # the smallest known max_model_len (fit.py)
     limits_version: int = -1
     key: tuple[str, str] = ("model", "")  # what it is the pool of: ("model" | "single", name)

@@ -107,7 +107,9 @@ class EngineBase:
             max_retries=spec.max_retries,
             tokens=asked_tokens(spec),
             key=key,
-            prompt_tokens=prompt_tokens(spec.body) if self.balancer.limits_known else 0,
+            prompt_tokens=(
+                prompt_tokens(spec.body) if key is not None or self.balancer.limits_known else 0
+            ),
         )
 
     def request_for(
