@@ -181,7 +181,7 @@ class AffinityConfig:
     by_prefix: bool = False
     homes: int = 2
     load_bound: float = 1.25
-    spill_ratio: float = 3.0
+    spill_ratio: float = 2.0
     prefix_chars: int = 4096
 
 

@@ -95,7 +95,7 @@ def ranked(key: bytes, routes: Sequence[RouteState], count: int) -> tuple[RouteS
 PROMPT_FULL = 1024  # prompt tokens from which a home may cost the whole spill_ratio
 HOT_SPREAD = 2.0  # a key with a share s of the calls has ceil(2 x s x routes) homes at least
 DECAY = 1024  # keyed calls between two halvings of the key counts
-HOT_MIN_CALLS = 32  # keyed calls seen before a key's share counts
+HOT_MIN_CALLS = 16  # keyed calls seen before a key's share counts
 
 
 class Affinity:
