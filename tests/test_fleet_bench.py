@@ -652,7 +652,8 @@ def test_the_text_and_markdown_of_a_prefix_run_show_hits_and_tails_against_both_
 def test_the_hot_section_says_whether_affinity_kept_within_a_tenth_of_least_load():
     met = affinity_section(affinity_report("hot", 8.5), date="d", machine="m", chart_file="h.svg")
     assert "p99 1.06× `least_load`'s (aim ≤ 1.10×: met)" in met
-    assert "prefix-cache hits 70 % (`least_load` 35 %)" in met
+    assert "prefix-cache hits 70 %, 2.00× `least_load`'s (35 %)" in met
+    assert "The ceiling: 93 % of the prompt tokens could be hits at all" in met
     missed = affinity_section(affinity_report("hot", 9.2), date="d", machine="m", chart_file="x")
     assert "(aim ≤ 1.10×: NOT met)" in missed
     assert met.startswith("<!-- fleet-affinity:hot -->")
@@ -673,6 +674,10 @@ def test_the_affinity_page_replaces_its_own_section_and_keeps_the_others():
     prefix = affinity_section(affinity_report("prefix"), date="D2", machine="m", chart_file="p")
     words = " ".join(prefix.split())  # the prose is wrapped
     assert "36,853 tokens in all: 2.25× what one instance's prefix cache holds" in words
+    # 70 % against 35 %: 2x the hits, TTFT p99 (9 s against 8 s) not lower
+    assert "(aim hits ≥ 1.5×, TTFT p99 lower: NOT met)" in words
+    better = affinity_section(affinity_report("prefix", 6.0), date="D", machine="m", chart_file="p")
+    assert "(aim hits ≥ 1.5×, TTFT p99 lower: met)" in " ".join(better.split())
     both = affinity_page(page, "prefix", prefix)
     assert hot in both and prefix in both
     assert "Not run yet: `python scripts/bench_fleet.py --workload prefix" not in both

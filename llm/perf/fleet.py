@@ -77,6 +77,7 @@ from dataclasses import asdict, dataclass, field
 from html import escape
 from typing import TYPE_CHECKING, Any
 
+from . import fleet_sim
 from . import fleet_workloads as workloads
 from .fleet_model import (
     Figures,
@@ -1092,7 +1093,11 @@ def _workload_prose(workload: str, s: dict[str, Any]) -> str:
 
 
 def _affinity_findings(report: Report) -> list[str]:
+    """Each affinity client against plain least load, with the issue's aims: hits >= 1.5x
+    and TTFT p99 lower (``prefix``, ``tenants``), the hit rate with 4 replicas within 5 points
+    of 1 replica's, p99 <= 1.10x (``hot``); and the hit rate no routing can pass."""
     lines = []
+    hits: dict[str, dict[int, float]] = {}
     for replicas, runs in report.tables.items():
         base = next((run.figures for run in runs if run.figures.client == BASELINE), None)
         for run in runs:
@@ -1103,13 +1108,41 @@ def _affinity_findings(report: Report) -> list[str]:
             aim = ""
             if report.workload == "hot" and p99 is not None:
                 aim = " (aim ≤ 1.10×: " + ("met" if p99 <= 1.10 else "NOT met") + ")"
+            hit_ratio = ratio_of(f.prefix_hit, base.prefix_hit)
+            ttft = ratio_of(f.ttft_p99, base.ttft_p99)
+            if report.workload != "hot" and hit_ratio is not None and ttft is not None:
+                met = hit_ratio >= 1.5 and ttft < 1.0
+                aim = f" (aim hits ≥ 1.5×, TTFT p99 lower: {'met' if met else 'NOT met'})"
+            if f.prefix_hit is not None:
+                hits.setdefault(f.client, {})[replicas] = f.prefix_hit
             hit = "—" if f.prefix_hit is None else f"{f.prefix_hit:.0f} %"
             base_hit = "—" if base.prefix_hit is None else f"{base.prefix_hit:.0f} %"
             lines.append(
-                f"- `{f.client}` ×{replicas}: prefix-cache hits {hit} (`{BASELINE}` {base_hit}); "
-                f"TTFT p99 {_x(ratio_of(f.ttft_p99, base.ttft_p99))} and p99 {_x(p99)} "
+                f"- `{f.client}` ×{replicas}: prefix-cache hits {hit}, {_x(hit_ratio)} "
+                f"`{BASELINE}`'s ({base_hit}); TTFT p99 {_x(ttft)} and p99 {_x(p99)} "
                 f"`{BASELINE}`'s{aim}; p99 {_x(f.p99_ratio)} the oracle's"
             )
+    for client, by_replicas in hits.items():
+        if 1 in by_replicas and 4 in by_replicas:
+            gap = abs(by_replicas[4] - by_replicas[1])
+            verdict = "met" if gap <= 5 else "NOT met"
+            lines.append(
+                f"- `{client}`: hits with 4 replicas {gap:.1f} points from 1 replica's "
+                f"(aim ≤ 5: {verdict})"
+            )
+    s = report.settings
+    ceiling = 100 * fleet_sim.hit_ceiling(
+        report.workload,
+        report.rate,
+        duration=s["duration"],
+        seed=s["seed"],
+        max_tokens=(s["max_tokens"][0], s["max_tokens"][1]),
+    )
+    lines.append(
+        f"- The ceiling: {ceiling:.0f} % of the prompt tokens could be hits at all (every call "
+        "on one instance with an unbounded cache, `llm.perf.fleet_sim.hit_ceiling`); no "
+        "routing passes it"
+    )
     return lines
 
 
@@ -1174,10 +1207,10 @@ capacity measurement and the columns are those of [fleet.md](fleet.md); what dif
   {slowest:g}, and a step's prefill holds up every sequence running on that instance: a
   visible part of TTFT and of capacity.
 - **The affinity clients** (when the config takes `llm.affinity`): `{workloads.AFFINITY}` is
-  `least_load` with `llm.affinity: {{by_prefix: true}}` (the library's defaults for `homes`
-  and `spill_ratio`), and a session's calls pass `session=<its id>`; `{workloads.BY_PREFIX}`
-  is the same without `session=` (the key is the prompt's head: here the system prompt), run
-  for workloads with sessions.
+  `least_load` with `llm.affinity: {{by_prefix: true}}` (the library's defaults for `homes`,
+  `load_bound` and `spill_ratio`), and a session's calls pass `session=<its id>`;
+  `{workloads.BY_PREFIX}` is the same without `session=` (the key is the prompt's head: here
+  the system prompt), run for workloads with sessions.
 - **The oracle** knows every queue but no cache (join the shortest queue, weighted by speed),
   so a client that keeps prefixes where they are cached can beat it.
 - **The summary table** of each replica count gives per client the fleet's prefix-cache hit

@@ -362,13 +362,20 @@ def _figures(
     )
 
 
-def hit_ceiling(workload: str, rate: float, *, duration: float = 50.0, seed: int = 0) -> float:
+def hit_ceiling(
+    workload: str,
+    rate: float,
+    *,
+    duration: float = 50.0,
+    seed: int = 0,
+    max_tokens: tuple[int, int] = (16, 160),
+) -> float:
     """The prefix-cache hit rate no routing can beat: every call of the run served by one
     instance with an unbounded cache (a call hits whatever any earlier call cached)."""
     spec = FleetSpec.for_workload(workload)
     cache = PrefixCache(2**62)
     queried = hit = 0
-    for call in workloads.make_calls(workload, seed, rate, duration, (16, 160)):
+    for call in workloads.make_calls(workload, seed, rate, duration, max_tokens):
         units = _units(call)
         tokens = len(units) // 4
         found, _ = cache.admit(
