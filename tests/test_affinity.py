@@ -413,3 +413,23 @@ def test_by_prefix_sends_a_shared_system_prompt_home_and_spreads_distinct_ones()
         provider.close()
         for server in servers:
             server.stop()
+
+
+def test_a_pool_no_larger_than_the_homes_still_prefers_the_first_home() -> None:
+    clock = FakeClock(10.0)
+    balancer = balancer_of(2, clock=clock)  # homes 2: both routes are homes
+    for name in balancer.routes:
+        _report(balancer, name, running=4.0)
+        _report(balancer, name, running=0.0)
+    pool = balancer.pool("m")
+    assert pool is not None
+    _many_keys_seen(balancer, pool)
+    key = b"a-tenant"
+    first = ranked(key, pool.routes, 1)[0]
+    chosen = []
+    for _ in range(4):
+        route = balancer.pick(pool, (), False, 32, key, 2048)
+        assert route is not None
+        balancer.dispatch(route, 32)
+        chosen.append(route)
+    assert chosen == [first] * 4  # its 4 slots, not least load's alternation

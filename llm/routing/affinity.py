@@ -136,7 +136,7 @@ class Affinity:
         if other is None:
             return None
         wanted = self._spread(pool, key)
-        if wanted >= len(pool.routes):
+        if wanted > self.homes and wanted >= len(pool.routes):
             return other  # a hot key: cached everywhere, the policy spreads it
         occupancy = _Occupancy(pool, exclude, now, self.max_age)
         homes = [route for route in self.homes_of(pool, key, wanted) if route in occupancy.load]
