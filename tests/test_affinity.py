@@ -33,6 +33,7 @@ from llm.routing import Balancer
 from llm.routing.affinity import DECAY, HOT_MIN_CALLS, ranked, rendezvous_score
 from llm.routing.load import estimated_load, record_report
 from llm.routing.state import WARMUP_SAMPLES, Pool, RouteState
+from llm.send.transport import SESSION_HEADER
 from llm.testing import FakeVLLM
 
 QUIET = HealthConfig(stall_factor=0)
@@ -385,6 +386,50 @@ def test_a_sessions_calls_land_on_one_instance_sync_and_async() -> None:
         assert counts.index(12) == after_sync.index(6)  # the same home, sync and async
         home = f"r{counts.index(12)}"
         assert provider.stats()[home]["affinity"]["home_calls"] == 12
+    finally:
+        provider.close()
+        for server in servers:
+            server.stop()
+
+
+def test_an_sdk_call_takes_its_session_from_a_header_that_never_reaches_the_server() -> None:
+    servers = [FakeVLLM("m").start() for _ in range(4)]
+    provider = _provider(servers)
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    try:
+        with provider.http_client() as client:
+            for _ in range(6):
+                answer = client.post(
+                    "http://llm-routes/v1/chat/completions",
+                    json=body,
+                    headers={SESSION_HEADER: "user-9"},
+                )
+                assert answer.status_code == 200
+        assert sorted(_counts(servers)) == [0, 0, 0, 6]
+        home = servers[_counts(servers).index(6)]
+        # the same key as provider.chat(..., session="user-9"): the same home
+        provider.chat([{"role": "user", "content": "hi"}], session="user-9")
+        assert home.request_count == 7
+
+        async def async_calls() -> None:
+            async with provider.async_http_client() as client:
+                for _ in range(3):
+                    answer = await client.post(
+                        "http://llm-routes/v1/chat/completions",
+                        json=body,
+                        headers={SESSION_HEADER: "user-9"},
+                    )
+                    assert answer.status_code == 200
+            await provider.aclose()
+
+        asyncio.run(async_calls())
+        assert home.request_count == 10
+        seen = [
+            {k.lower() for k in r.headers}
+            for r in home.requests
+            if r.path.endswith("/chat/completions")
+        ]
+        assert seen and all(SESSION_HEADER.lower() not in headers for headers in seen)
     finally:
         provider.close()
         for server in servers:

@@ -14,6 +14,9 @@ and LangChain's ``ChatOpenAI`` get the same routing without code of their own.
 - Streams are handed over once their first token has arrived, so a route that dies before
   that is failed over transparently.
 - ``response.extensions["llm_route"]`` and ``["llm_attempts"]`` say where the answer came from.
+- A ``X-LLM-Routes-Session`` header is the call's ``session=`` (its affinity key, see
+  ``call/affinity.py``): ``extra_headers={"X-LLM-Routes-Session": conversation_id}`` in the
+  SDK. Like every header of the client's, it is not sent on to the server.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ from ._async.stream import AsyncStream
 from ._sync.engine import SyncEngine
 from ._sync.stream import SyncStream
 
-__all__ = ["AsyncRoutingTransport", "RoutesUnavailableError", "RoutingTransport"]
+__all__ = ["SESSION_HEADER", "AsyncRoutingTransport", "RoutesUnavailableError", "RoutingTransport"]
+
+SESSION_HEADER = "X-LLM-Routes-Session"
 
 _HOP_HEADERS = frozenset({"content-length", "transfer-encoding", "content-encoding", "connection"})
 
@@ -63,8 +68,10 @@ def _spec_for(request: httpx.Request, content: bytes) -> CallSpec:
         expect = "chat"
     elif endpoint.endswith("/completions"):
         expect = "completion"
+    session = request.headers.get(SESSION_HEADER) or None
     return CallSpec(
         path=path,
+        session=session,
         method=request.method,
         body=body,
         raw_body=content or None,
