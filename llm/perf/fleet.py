@@ -1217,6 +1217,11 @@ capacity measurement and the columns are those of [fleet.md](fleet.md); what dif
   rate (hit tokens over queried tokens, from the instances' `/metrics` counters), TTFT p99 and
   p99, and their ratios to the oracle's and to plain `{BASELINE}`'s; all the columns of
   fleet.md follow it.
+- **One run is one draw.** A p99 of a few hundred calls is their third-worst, and this machine
+  is noisy. `python -m llm.perf.fleet_sim` runs the same workloads through the same balancers
+  on a fake clock (the fake's own scheduler and prefix cache per instance, no sockets), five
+  seeds of 150 s each in about 20 seconds, and prints the means of the per-seed ratios: the
+  figures to tune by, with this page's live runs as the check that they carry over.
 """
 
 
