@@ -213,6 +213,37 @@ def _pool_occupancy(pool: Pool, now: float) -> float:
     return sum(estimated_load(r, now) for r in pool.routes) / sum(r.slots for r in pool.routes)
 
 
+def _measured(route: RouteState, token_time: float) -> None:
+    route.latency_samples = WARMUP_SAMPLES
+    route.token_time = token_time
+    route.latency_ewma = 64 * token_time
+
+
+def test_a_home_that_has_not_answered_yet_takes_calls_only_into_a_free_slot() -> None:
+    clock = FakeClock(10.0)
+    balancer = balancer_of(4, clock=clock, homes=1)
+    for name in balancer.routes:
+        _report(balancer, name, running=4.0, waiting=2.0)  # 4 slots, all busy, queues of 2
+    pool = balancer.pool("m")
+    assert pool is not None
+    _many_keys_seen(balancer, pool)
+    key = b"tenant-c"
+    home = ranked(key, pool.routes, 1)[0]
+    # measured, the home would take it within the load bound (all alike); unmeasured, it is
+    # no home while it has no free slot: its speed, and so its capacity, is unknown
+    calls, spills = home.home_calls, home.home_spills
+    balancer.pick(pool, (), False, 32, key, 2048)  # the policy's choice, whichever it is
+    assert (home.home_calls, home.home_spills) == (calls, spills + 1)
+    for route in pool.routes:
+        _measured(route, 0.01)
+    assert balancer.pick(pool, (), False, 32, key, 2048) is home
+    assert home.home_calls == calls + 1
+    home.latency_samples = 0
+    _report(balancer, home.name, running=3.0, waiting=0.0)  # a free slot now
+    assert balancer.pick(pool, (), False, 32, key, 2048) is home
+    assert home.home_calls == calls + 2
+
+
 def _many_keys_seen(balancer: Balancer, pool: Pool, calls: int = 400) -> None:
     """``calls`` calls of 100 keys, each ended at once: the pool's key counts, no load."""
     for i in range(calls):
@@ -226,6 +257,7 @@ def test_in_a_fleet_that_queues_everywhere_a_key_goes_home_within_the_load_bound
     balancer = balancer_of(4, clock=clock)  # load_bound 1.25
     for name in balancer.routes:
         _report(balancer, name, running=8.0, waiting=4.0)  # 8 slots, a queue of 4 each
+        _measured(balancer.routes[name], 0.01)
     pool = balancer.pool("m")
     assert pool is not None
     _many_keys_seen(balancer, pool)  # tenant-b is one tenant of many, not a hot key
@@ -438,20 +470,25 @@ def test_an_sdk_call_takes_its_session_from_a_header_that_never_reaches_the_serv
 
 def test_by_prefix_sends_a_shared_system_prompt_home_and_spreads_distinct_ones() -> None:
     # equal speeds that measure as equal: 8 tokens of 2 ms each (no delay is all noise)
-    servers = [FakeVLLM("m", token_delay=0.002).start() for _ in range(4)]
+    servers = [FakeVLLM("m", token_delay=0.002, max_model_len=8192).start() for _ in range(4)]
     provider = _provider(servers, by_prefix=True, homes=1)
     try:
+        for name in ("r0", "r1", "r2", "r3"):  # measured: the first answers carry the setup
+            for _ in range(3):
+                provider.chat([{"role": "user", "content": "warm up"}], route=name)
+        start = _counts(servers)
+        system = LONG_SYSTEM * 4  # 1,160 tokens or so: a home may cost up to spill_ratio
         for question in ("a", "b", "c", "d", "e"):
             messages = [
-                {"role": "system", "content": LONG_SYSTEM},
+                {"role": "system", "content": system},
                 {"role": "user", "content": question},
             ]
             provider.chat(messages)
-        assert sorted(_counts(servers)) == [0, 0, 0, 5]
+        assert sorted(n - m for n, m in zip(_counts(servers), start, strict=True)) == [0, 0, 0, 5]
         for tenant in range(40):  # forty tenants, each with a system prompt of its own
-            system = f"Tenant {tenant}. " + LONG_SYSTEM
+            system = f"Tenant {tenant}. " + LONG_SYSTEM * 4
             provider.chat([{"role": "system", "content": system}, {"role": "user", "content": "q"}])
-        assert min(_counts(servers)) >= 3  # spread, not herded
+        assert min(n - m for n, m in zip(_counts(servers), start, strict=True)) >= 3  # spread
         with pytest.raises(InvalidRequestError, match="session must be a non-empty string"):
             provider.chat([{"role": "user", "content": "hi"}], session="")
     finally:
