@@ -656,6 +656,11 @@ def test_the_hot_section_says_whether_affinity_kept_within_a_tenth_of_least_load
     assert "The ceiling: 93 % of the prompt tokens could be hits at all" in met
     missed = affinity_section(affinity_report("hot", 9.2), date="d", machine="m", chart_file="x")
     assert "(aim ≤ 1.10×: NOT met)" in missed
+    assert "`python scripts/bench_fleet.py --workload hot --write`" in met
+    longer = affinity_report("hot", 9.2)
+    longer.settings["duration"] = 150.0
+    shown = affinity_section(longer, date="d", machine="m", chart_file="x")
+    assert "`python scripts/bench_fleet.py --workload hot --duration 150 --write`" in shown
     assert met.startswith("<!-- fleet-affinity:hot -->")
     assert met.endswith("<!-- /fleet-affinity:hot -->")
     assert "![p99 and TTFT p99 per client, workload hot](h.svg)" in met
