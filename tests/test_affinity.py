@@ -254,7 +254,7 @@ def _many_keys_seen(balancer: Balancer, pool: Pool, calls: int = 400) -> None:
 
 def test_in_a_fleet_that_queues_everywhere_a_key_goes_home_within_the_load_bound() -> None:
     clock = FakeClock(10.0)
-    balancer = balancer_of(4, clock=clock)  # load_bound 1.25
+    balancer = balancer_of(4, clock=clock)  # load_bound 1.5
     for name in balancer.routes:
         _report(balancer, name, running=8.0, waiting=4.0)  # 8 slots, a queue of 4 each
         _measured(balancer.routes[name], 0.01)
@@ -272,10 +272,10 @@ def test_in_a_fleet_that_queues_everywhere_a_key_goes_home_within_the_load_bound
         assert route is not None
         balancer.dispatch(route, 32)
     assert first.home_spills > 0  # it filled up to the bound, then the rest spilled
-    # what the bound promises: no home pushed past 1.25 times the pool's occupancy (+ the
+    # what the bound promises: no home pushed past 1.5 times the pool's occupancy (+ the
     # one call that decided it)
     now = clock()
-    assert _occupancy(first, now) <= 1.25 * _pool_occupancy(pool, now) + 1 / 8
+    assert _occupancy(first, now) <= 1.5 * _pool_occupancy(pool, now) + 1 / 8
     assert _occupancy(first, now) > _pool_occupancy(pool, now)  # yet fuller than the rest
 
 

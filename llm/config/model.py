@@ -180,7 +180,7 @@ class AffinityConfig:
 
     by_prefix: bool = False
     homes: int = 2
-    load_bound: float = 1.25
+    load_bound: float = 1.5
     spill_ratio: float = 2.0
     prefix_chars: int = 4096
 
