@@ -687,7 +687,7 @@ def test_the_affinity_page_replaces_its_own_section_and_keeps_the_others():
     assert hot in both and prefix in both
     assert "Not run yet: `python scripts/bench_fleet.py --workload prefix" not in both
     assert "Not run yet: `python scripts/bench_fleet.py --workload tenants" in both
-    newer = hot.replace("on D1", "on D3")
+    newer = hot.replace("D1 (m)", "D3 (m)")
     assert newer != hot
     last = affinity_page(both, "hot", newer)
     assert newer in last and hot not in last and prefix in last
