@@ -87,6 +87,7 @@ from .fleet_model import (
     with_ratios,
 )
 from .fleet_model import ratio as ratio_of
+from .fleet_workloads import FleetSpec, fleet_spec
 
 if TYPE_CHECKING:
     from ..testing import FakeVLLM
@@ -97,33 +98,6 @@ SAMPLE_EVERY = 0.25  # seconds between two reads of every instance's queue
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class FleetSpec:
-    """The simulated fleet: one speed per instance, and vLLM's batching constants."""
-
-    speeds: tuple[float, ...] = (1.0, 1.0, 0.5, 0.25)
-    max_num_seqs: int = 8
-    step_base_ms: float = 20.0
-    step_per_seq_ms: float = 1.0
-    prefill_ms_per_token: float = 0.05
-    block_size: int = 16
-    cache_blocks: int = 4096
-
-    @property
-    def names(self) -> list[str]:
-        return [f"i{k}" for k in range(len(self.speeds))]
-
-    @property
-    def cache_tokens(self) -> int:
-        """What one instance's prefix cache holds, in tokens."""
-        return self.cache_blocks * self.block_size
-
-
-def fleet_spec(workload: str) -> FleetSpec:
-    """The fleet a workload runs on (``fleet_workloads.fleet_overrides``)."""
-    return FleetSpec(**workloads.fleet_overrides(workload))
 
 
 @dataclass
@@ -196,22 +170,17 @@ class Report:
 
 
 def start_fleet(spec: FleetSpec) -> list[FakeVLLM]:
-    from ..testing import BatchingSpec, FakeVLLM
+    from ..testing import FakeVLLM
 
     servers: list[FakeVLLM] = []
     try:
         for name, speed in zip(spec.names, spec.speeds, strict=True):
-            batching = BatchingSpec(
-                max_num_seqs=spec.max_num_seqs,
-                step_base_ms=spec.step_base_ms,
-                step_per_seq_ms=spec.step_per_seq_ms,
-                prefill_ms_per_token=spec.prefill_ms_per_token,
-                block_size=spec.block_size,
-                cache_blocks=spec.cache_blocks,
-                speed=speed,
-            )
             server = FakeVLLM(
-                model=MODEL, batching=batching, name=name, max_model_len=8192, tokens=8192
+                model=MODEL,
+                batching=spec.batching(speed),
+                name=name,
+                max_model_len=8192,
+                tokens=8192,
             )  # tokens: each call generates its max_tokens
             servers.append(server.start())
     except BaseException:

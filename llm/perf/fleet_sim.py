@@ -45,40 +45,13 @@ from ..call.size import prompt_tokens
 from ..config import AffinityConfig, RouteConfig
 from ..routing import Balancer
 from ..routing.state import RouteState
-from ..testing.fleet import BatchingSpec, PrefixCache, Scheduler, Seq, block_hashes, chat_units
+from ..testing.fleet import PrefixCache, Scheduler, Seq, block_hashes, chat_units
 from . import fleet_workloads as workloads
 from .fleet_model import Call, assign_replicas, oracle_choice, percentile
+from .fleet_workloads import FleetSpec, fleet_spec
 
 ORACLE = "oracle"
 MODEL = "sim"
-
-
-@dataclass(frozen=True)
-class FleetSpec:
-    """The fleet: as ``llm.perf.fleet.FleetSpec`` (one speed per instance, vLLM's constants)."""
-
-    speeds: tuple[float, ...] = (1.0, 1.0, 0.5, 0.25)
-    max_num_seqs: int = 8
-    step_base_ms: float = 20.0
-    step_per_seq_ms: float = 1.0
-    prefill_ms_per_token: float = 0.05
-    block_size: int = 16
-    cache_blocks: int = 4096
-
-    @classmethod
-    def for_workload(cls, workload: str) -> FleetSpec:
-        return cls(**workloads.fleet_overrides(workload))
-
-    def batching(self, speed: float) -> BatchingSpec:
-        return BatchingSpec(
-            max_num_seqs=self.max_num_seqs,
-            step_base_ms=self.step_base_ms,
-            step_per_seq_ms=self.step_per_seq_ms,
-            prefill_ms_per_token=self.prefill_ms_per_token,
-            block_size=self.block_size,
-            cache_blocks=self.cache_blocks,
-            speed=speed,
-        )
 
 
 @dataclass
@@ -176,7 +149,7 @@ def capacity(
     window: float = 20.0,
 ) -> float:
     """The oracle's completed calls per second with every batch full (closed loop)."""
-    spec = spec or FleetSpec.for_workload(workload)
+    spec = spec or fleet_spec(workload)
     sim = _Sim(spec)
     concurrency = -(-(spec.max_num_seqs + 3) * sum(spec.speeds) // min(spec.speeds))
     outstanding = [0] * len(spec.speeds)
@@ -243,7 +216,7 @@ def simulate(
 ) -> SimFigures:
     """One client's open-loop run of ``workload`` at ``rate`` calls/s (see the module doc).
     ``affinity`` overrides the client's ``llm.affinity`` settings."""
-    spec = spec or FleetSpec.for_workload(workload)
+    spec = spec or fleet_spec(workload)
     calls = workloads.make_calls(workload, seed, rate, duration, max_tokens)
     sim = _Sim(spec)
     names = [f"i{k}" for k in range(len(spec.speeds))]
@@ -372,7 +345,7 @@ def hit_ceiling(
 ) -> float:
     """The prefix-cache hit rate no routing can beat: every call of the run served by one
     instance with an unbounded cache (a call hits whatever any earlier call cached)."""
-    spec = FleetSpec.for_workload(workload)
+    spec = fleet_spec(workload)
     cache = PrefixCache(2**62)
     queried = hit = 0
     for call in workloads.make_calls(workload, seed, rate, duration, max_tokens):

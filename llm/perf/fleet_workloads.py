@@ -67,7 +67,10 @@ import itertools
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..testing.fleet import BatchingSpec
 
 from .fleet_model import (
     SHARED_QUESTION,
@@ -107,6 +110,47 @@ TENANT_ZIPF = 0.6  # flatter than "prefix": many tenants matter
 
 AFFINITY = "least_load+affinity"  # least_load, affinity by_prefix, session= on session calls
 BY_PREFIX = "least_load+by_prefix"  # least_load, affinity by_prefix, no session=
+
+
+@dataclass(frozen=True)
+class FleetSpec:
+    """The simulated fleet: one speed per instance, and vLLM's batching constants."""
+
+    speeds: tuple[float, ...] = (1.0, 1.0, 0.5, 0.25)
+    max_num_seqs: int = 8
+    step_base_ms: float = 20.0
+    step_per_seq_ms: float = 1.0
+    prefill_ms_per_token: float = 0.05
+    block_size: int = 16
+    cache_blocks: int = 4096
+
+    @property
+    def names(self) -> list[str]:
+        return [f"i{k}" for k in range(len(self.speeds))]
+
+    @property
+    def cache_tokens(self) -> int:
+        """What one instance's prefix cache holds, in tokens."""
+        return self.cache_blocks * self.block_size
+
+    def batching(self, speed: float) -> BatchingSpec:
+        """The batching fake's settings for the instance of ``speed``."""
+        from ..testing.fleet import BatchingSpec
+
+        return BatchingSpec(
+            max_num_seqs=self.max_num_seqs,
+            step_base_ms=self.step_base_ms,
+            step_per_seq_ms=self.step_per_seq_ms,
+            prefill_ms_per_token=self.prefill_ms_per_token,
+            block_size=self.block_size,
+            cache_blocks=self.cache_blocks,
+            speed=speed,
+        )
+
+
+def fleet_spec(workload: str) -> FleetSpec:
+    """The fleet a workload runs on (:func:`fleet_overrides`)."""
+    return FleetSpec(**fleet_overrides(workload))
 
 
 def check_workload(name: str) -> str:
@@ -393,11 +437,13 @@ __all__ = [
     "TENANTS",
     "WORKLOADS",
     "ClientOptions",
+    "FleetSpec",
     "affinity_clients",
     "check_workload",
     "client_options",
     "closed_sessions",
     "fleet_overrides",
+    "fleet_spec",
     "has_sessions",
     "hot_workload",
     "make_calls",
