@@ -400,9 +400,7 @@ def default_clients(workload: str, affinity: bool) -> list[str]:
 def measure_capacity(settings: Settings, progress: Progress = lambda _: None) -> float:
     """Completed calls/s of the workload mix with every batch full (the oracle, closed loop)."""
     spec = settings.fleet
-    concurrency = math.ceil(
-        (spec.max_num_seqs + 3) * sum(spec.speeds) / min(spec.speeds)
-    )  # the slowest instance keeps a queue
+    concurrency = spec.saturating_concurrency
     duration = settings.warmup + settings.window
     progress(f"capacity: {concurrency} calls in flight, {duration:.0f} s")
     with fleet(spec) as servers, tempfile.TemporaryDirectory(prefix="fleet-") as workdir:

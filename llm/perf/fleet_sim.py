@@ -37,7 +37,7 @@ import heapq
 import itertools
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..call.affinity import affinity_key
@@ -69,7 +69,6 @@ class SimFigures:
     shares: list[float]  # of the calls, per instance
     home_calls: int = 0
     home_spills: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class _Seq(Seq):
@@ -151,7 +150,6 @@ def capacity(
     """The oracle's completed calls per second with every batch full (closed loop)."""
     spec = spec or fleet_spec(workload)
     sim = _Sim(spec)
-    concurrency = -(-(spec.max_num_seqs + 3) * sum(spec.speeds) // min(spec.speeds))
     outstanding = [0] * len(spec.speeds)
     groups = workloads.closed_sessions(workload, seed, max_tokens)
     queues: dict[int, list[Call]] = {}
@@ -175,7 +173,7 @@ def capacity(
             send(seq.replica)
 
     sim.on_done = done
-    for worker in range(int(concurrency)):
+    for worker in range(spec.saturating_concurrency):
         send(worker)
     sim.run(until=warmup + window)
     return sum(1 for end in ends if warmup <= end < warmup + window) / window
@@ -185,20 +183,14 @@ def _balancer(
     spec: FleetSpec,
     seed: int,
     policy: str,
-    affinity: dict[str, Any] | None,
+    affinity: AffinityConfig | None,
     clock: Callable[[], float],
 ) -> Balancer:
     routes = [
         RouteConfig(name=name, base_url=f"http://127.0.0.1:1/{name}/v1", model=MODEL)
-        for name in (f"i{k}" for k in range(len(spec.speeds)))
+        for name in spec.names
     ]
-    return Balancer(
-        routes,
-        policy=policy,
-        clock=clock,
-        rng=random.Random(seed),
-        affinity=AffinityConfig(**affinity) if affinity is not None else None,
-    )
+    return Balancer(routes, policy=policy, clock=clock, rng=random.Random(seed), affinity=affinity)
 
 
 def simulate(
@@ -219,9 +211,11 @@ def simulate(
     spec = spec or fleet_spec(workload)
     calls = workloads.make_calls(workload, seed, rate, duration, max_tokens)
     sim = _Sim(spec)
-    names = [f"i{k}" for k in range(len(spec.speeds))]
+    names = spec.names
     options = workloads.client_options(client)
-    settings = {**(options.affinity or {}), **(affinity or {})} if options.affinity else None
+    config = (
+        AffinityConfig(**{**options.affinity, **(affinity or {})}) if options.affinity else None
+    )
     oracle = client == ORACLE
     processes = 1 if oracle else replicas
     owner = assign_replicas(len(calls), processes, seed)
@@ -229,11 +223,10 @@ def simulate(
         []
         if oracle
         else [
-            _balancer(spec, seed * 1000 + r, options.policy, settings, lambda: sim.now)
+            _balancer(spec, seed * 1000 + r, options.policy, config, lambda: sim.now)
             for r in range(processes)
         ]
     )
-    config = AffinityConfig(**settings) if settings is not None else None
     outstanding = [0] * len(names)
     done_seqs: list[_Seq] = []
 
@@ -326,12 +319,6 @@ def _figures(
         shares=[c / max(1, len(seqs)) for c in counts],
         home_calls=sum(r.home_calls for r in routes),
         home_spills=sum(r.home_spills for r in routes),
-        extra={
-            "worst": [
-                (round(seq.done_at - seq.sent, 2), seq.instance, seq.call.shared, seq.length)
-                for seq in sorted(seqs, key=lambda seq: seq.sent - seq.done_at)[:8]
-            ]
-        },
     )
 
 

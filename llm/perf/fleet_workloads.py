@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -132,6 +133,12 @@ class FleetSpec:
     def cache_tokens(self) -> int:
         """What one instance's prefix cache holds, in tokens."""
         return self.cache_blocks * self.block_size
+
+    @property
+    def saturating_concurrency(self) -> int:
+        """Calls in flight that keep every batch full, the slowest instance's with a queue:
+        the closed loop that measures capacity."""
+        return math.ceil((self.max_num_seqs + 3) * sum(self.speeds) / min(self.speeds))
 
     def batching(self, speed: float) -> BatchingSpec:
         """The batching fake's settings for the instance of ``speed``."""
