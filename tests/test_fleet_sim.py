@@ -379,11 +379,12 @@ def test_metrics_format_matches_the_samples(client: httpx.Client) -> None:
         assert line in text.splitlines()
 
 
-def test_metrics_without_batching_are_unchanged(client: httpx.Client) -> None:
-    expected = V.render_metrics("m", 0, 0, 0, 0, 0)
+def test_metrics_without_batching_count_the_prefix_cache(client: httpx.Client) -> None:
+    # real vLLM always shows its prefix-cache counters (tests/test_conformance.py)
+    expected = V.render_metrics("m", 0, 0, 0, 0, 0, prefix_cache=(0, 0))
     with FakeVLLM(model="m") as srv:
         assert client.get(f"{srv.url}/metrics").content == expected
-    assert b"prefix_cache" not in expected
+    assert b"vllm:prefix_cache_hits_total" in expected
 
 
 @pytest.mark.parametrize("batch", [False, True], ids=["plain", "batching"])

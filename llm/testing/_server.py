@@ -94,6 +94,10 @@ _GET_ROUTES = frozenset({"/health", "/version", "/v1/models", "/metrics", "/ping
 _POST_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/tokenize", "/ping"})
 _CONTROL = "/_fake/control"
 _MAX_RECORDED = 1000
+# Without batching, the prefix cache works in vLLM CPU's KV blocks of 128 tokens (a GPU
+# build uses 16); 8192 blocks is a million tokens, vLLM's CPU cache with 1 GiB on this model.
+_PLAIN_BLOCK = 128
+_PLAIN_CACHE_BLOCKS = 8192
 _CONTROL_KEYS = frozenset(
     {
         "fail_next",
@@ -158,6 +162,9 @@ class _Core:
         self.success = 0
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
+        self.prefix = F.PrefixCache(_PLAIN_CACHE_BLOCKS)  # without batching (_admit_prompt)
+        self.prefix_queries = 0
+        self.prefix_hits = 0
         self.model_created = int(time.time())
         self.perm_id = f"modelperm-{self.ids.getrandbits(64):016x}"
         spec = owner._batching
@@ -281,6 +288,7 @@ class _Core:
                 self.success,
                 self.prompt_tokens_total,
                 self.generation_tokens_total,
+                prefix_cache=(self.prefix_queries, self.prefix_hits),
             )
             ctype = "text/plain; version=0.0.4; charset=utf-8"
         if is_head:
@@ -405,23 +413,29 @@ class _Core:
         self.prompt_tokens_total += plan.prompt_tokens
         self.generation_tokens_total += plan.completion_tokens
         batcher = self.batcher
+        details = None if batcher is not None else self._admit_prompt(body, plan)
         if not plan.stream:
             orca = req.headers.get(V.ORCA_FORMAT_HEADER)
             if batcher is not None:
                 batcher.accept(conn, body, plan, d, rnd, created, tool_id, orca)
                 return None
             if plan.kind == "chat":
-                out = V.render_chat(plan, self.spec, f"chatcmpl-{rnd:016x}", created, tool_id)
+                rid = f"chatcmpl-{rnd:016x}"
+                out = V.render_chat(plan, self.spec, rid, created, tool_id, details)
             else:
-                out = V.render_completion(plan, self.spec, f"cmpl-{rnd:016x}", created)
-            if d.latency > 0:
-                return self._delayed(conn, out, d.latency, orca)
+                out = V.render_completion(plan, self.spec, f"cmpl-{rnd:016x}", created, details)
+            # generating takes as long as when streamed: a token delay per token
+            delay = d.latency + d.token_delay * plan.completion_tokens
+            if delay > 0:
+                return self._delayed(conn, out, delay, orca)
             conn.send(200, out, _JSON, self._orca(orca) if orca else ())
             return None
         if plan.kind == "chat":
-            events = V.render_chat_stream(plan, self.spec, f"chatcmpl-{rnd:016x}", created, tool_id)
+            rid = f"chatcmpl-{rnd:016x}"
+            events = V.render_chat_stream(plan, self.spec, rid, created, tool_id, details)
         else:
-            events = V.render_completion_stream(plan, self.spec, f"cmpl-{rnd:016x}", created)
+            rid = f"cmpl-{rnd:016x}"
+            events = V.render_completion_stream(plan, self.spec, rid, created, details)
         frames = [_sse_chunk(text) for text, _ in events]
         if (
             batcher is not None
@@ -437,6 +451,17 @@ class _Core:
             return None
         paced = [p for _, p in events]
         return self._stream(conn, frames, paced, d)
+
+    def _admit_prompt(self, body: dict[str, Any], plan: V.Plan) -> V.PromptDetails | None:
+        """The prompt through the prefix cache (without batching): the /metrics counters
+        move, and the usage's ``prompt_tokens_details`` when the server shows them."""
+        hashes = F.prompt_block_hashes(plan.kind, body, plan.prompt_tokens, _PLAIN_BLOCK)
+        hit, created = self.prefix.admit(hashes, (plan.prompt_tokens - 1) // _PLAIN_BLOCK)
+        self.prefix_queries += plan.prompt_tokens
+        self.prefix_hits += hit * _PLAIN_BLOCK
+        if not self.owner.prompt_tokens_details:
+            return None
+        return hit * _PLAIN_BLOCK, created * _PLAIN_BLOCK
 
     def _garbage(self, conn: HttpConnection, kind: str) -> Coroutine[Any, Any, None] | None:
         if kind in ("processing_forever", "trickled_headers"):
@@ -588,12 +613,7 @@ class _BatchCall(F.Seq):
         self, batcher: _Batcher, conn: HttpConnection, plan: V.Plan, body: dict[str, Any]
     ) -> None:
         spec = batcher.sched.spec
-        units = (
-            F.chat_units(body.get("messages"))
-            if plan.kind == "chat"
-            else F.completion_units(body.get("prompt"))
-        )
-        hashes = F.block_hashes(units[: F.UNIT * plan.prompt_tokens], spec.block_size)
+        hashes = F.prompt_block_hashes(plan.kind, body, plan.prompt_tokens, spec.block_size)
         length = max(plan.completion_tokens_per_choice, default=0)
         super().__init__(plan.prompt_tokens, length, hashes, stream=plan.stream)
         self.batcher = batcher
@@ -813,6 +833,7 @@ class FakeVLLM:
         seed: int = 0,
         keep_alive_timeout: float | None = None,
         batching: F.BatchingSpec | None = None,
+        prompt_tokens_details: bool = False,
     ) -> None:
         if error_style not in ("nested", "flat"):
             raise ValueError(f"error_style must be 'nested' or 'flat', not {error_style!r}")
@@ -822,6 +843,8 @@ class FakeVLLM:
         self.host = host
         self.port = port
         self.name = name
+        # vLLM's --enable-prompt-tokens-details: usage shows cached_tokens (always with batching)
+        self.prompt_tokens_details = prompt_tokens_details
         self._spec = V.ServerSpec(
             model=model,
             max_model_len=max_model_len,

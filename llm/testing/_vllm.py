@@ -25,6 +25,8 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ._structured import document_pieces
+
 VLLM_VERSION = "0.32.0"
 SYSTEM_FINGERPRINT = "vllm-0.32.0-d194b792"
 
@@ -240,6 +242,14 @@ class Choice:
     content: list[int]
     reasoning: list[int]
     finish_reason: str
+    pieces: list[str] | None = None  # the content's tokens as text (structured output)
+
+    @property
+    def content_tokens(self) -> int:
+        return len(self.content) if self.pieces is None else len(self.pieces)
+
+    def content_text(self) -> str:
+        return join_pieces(self.content) if self.pieces is None else "".join(self.pieces)
 
 
 @dataclass(slots=True)
@@ -259,7 +269,7 @@ class Plan:
         out = []
         for c in self.choices:
             n = len(c.reasoning) + (
-                TOOL_COMPLETION_TOKENS if self.tool_name is not None else len(c.content)
+                TOOL_COMPLETION_TOKENS if self.tool_name is not None else c.content_tokens
             )
             out.append(n)
         return out
@@ -388,6 +398,8 @@ def _common_checks(
             return out, param_error(
                 style, f"temperature must be non-negative, got {t}.", "temperature", t
             )
+        if temp < 1e-5 and n > 1:  # vLLM's SamplingParams: greedy sampling has one answer
+            return out, api_error(style, 400, f"n must be 1 when using greedy sampling, got {n}.")
     stream = bool(body.get("stream") or False)
     out["stream"] = stream
     so = body.get("stream_options")
@@ -504,15 +516,19 @@ def plan_chat(spec: ServerSpec, body: Any) -> Plan | HttpError:
         finish = "tool_calls"
     key = "\n".join(key_parts)
     r, c = _split_reasoning(spec, count)
+    document = None if tool_name is not None else document_pieces(body.get("response_format"))
+    if document is not None and len(document) <= c:
+        finish = "stop"  # the document ended before the budget did
     choices = []
     for i in range(opts["n"]):
         choices.append(
             Choice(
                 key=key,
                 prompt_tokens=prompt_tokens,
-                content=[] if tool_name is not None else piece_indices(key, c, i),
+                content=[] if tool_name is not None or document else piece_indices(key, c, i),
                 reasoning=piece_indices(key, r, 1000 + i) if r else [],
                 finish_reason=finish,
+                pieces=None if document is None else document[:c],
             )
         )
     return Plan(
@@ -643,7 +659,7 @@ def render_chat(
         if plan.tool_name is not None:
             message["content"] = None
         else:
-            message["content"] = join_pieces(c.content)
+            message["content"] = c.content_text()
         message["refusal"] = None
         message["annotations"] = None
         message["audio"] = None
@@ -733,10 +749,17 @@ StreamEvents = list[tuple[str, bool]]
 DONE = "[DONE]"
 
 
-def _usage_min(prompt: int, completion: int) -> str:
+def _usage_min(prompt: int, completion: int, details: PromptDetails | None = None) -> str:
+    # A stream's last usage carries the prompt's cache details without multimodal_tokens.
+    shown = (
+        ""
+        if details is None
+        else f',"prompt_tokens_details":{{"cached_tokens":{details[0]},'
+        f'"created_cache_tokens":{details[1]}}}'
+    )
     return (
         f'{{"prompt_tokens":{prompt},"total_tokens":{prompt + completion},'
-        f'"completion_tokens":{completion}}}'
+        f'"completion_tokens":{completion}{shown}}}'
     )
 
 
@@ -748,7 +771,12 @@ def _usage_cont(prompt: int, completion: int) -> str:
 
 
 def render_chat_stream(
-    plan: Plan, spec: ServerSpec, rid: str, created: int, tool_id: str
+    plan: Plan,
+    spec: ServerSpec,
+    rid: str,
+    created: int,
+    tool_id: str,
+    details: PromptDetails | None = None,
 ) -> StreamEvents:
     head = (
         f'{{"id":"{rid}","object":"chat.completion.chunk","created":{created},'
@@ -761,22 +789,28 @@ def render_chat_stream(
             (f'{{"reasoning":{POOL_JSON[x]}}}', "null") for x in c.reasoning
         ]
         if plan.tool_name is not None:
+            # as vLLM's hermes parser streams them: the name, the arguments in pieces, then
+            # an empty delta with the finish reason
             deltas.append(
                 (
-                    f'{{"tool_calls":[{{"index":0,"id":"{tool_id}","type":"function",'
-                    f'"function":{{"name":{dumps(plan.tool_name)},"arguments":""}}}}]}}',
+                    f'{{"content":null,"tool_calls":[{{"id":"{tool_id}","type":"function",'
+                    f'"index":0,"function":{{"name":{dumps(plan.tool_name)}}}}}]}}',
                     "null",
                 )
             )
             for frag in TOOL_FRAGMENTS:
                 deltas.append(
                     (
-                        f'{{"tool_calls":[{{"index":0,"function":{{"arguments":{dumps(frag)}}}}}]}}',
+                        f'{{"content":null,"tool_calls":[{{"index":0,'
+                        f'"function":{{"arguments":{dumps(frag)}}}}}]}}',
                         "null",
                     )
                 )
+            deltas.append(("{}", "null"))
         else:
             top = plan.top_logprobs
+            if c.pieces is not None:
+                deltas.extend((f'{{"content":{dumps(piece)}}}', "null") for piece in c.pieces)
             for x in c.content:
                 lp = "null" if top is None else dumps({"content": [_logprob_entry(x, top)]})
                 deltas.append((f'{{"content":{POOL_JSON[x]}}}', lp))
@@ -818,15 +852,18 @@ def render_chat_stream(
                 )
             usage = f',"usage":{_usage_cont(pt, emitted)}' if cont else ""
             events.append((f"{head}{choice}]{usage}}}", step > 0 and i == 0))
-    _finish_stream(events, plan, head)
+    _finish_stream(events, plan, head, details)
     return events
 
 
-def _finish_stream(events: StreamEvents, plan: Plan, head: str) -> None:
+def _finish_stream(
+    events: StreamEvents, plan: Plan, head: str, details: PromptDetails | None = None
+) -> None:
     if plan.include_usage:
+        usage = _usage_min(plan.prompt_tokens, plan.completion_tokens, details)
         events.append(
             (
-                f'{head}],"usage":{_usage_min(plan.prompt_tokens, plan.completion_tokens)},'
+                f'{head}],"usage":{usage},'
                 f'"system_fingerprint":"{SYSTEM_FINGERPRINT}"}}',
                 False,
             )
@@ -837,7 +874,9 @@ def _finish_stream(events: StreamEvents, plan: Plan, head: str) -> None:
     events.append((DONE, False))
 
 
-def render_completion_stream(plan: Plan, spec: ServerSpec, rid: str, created: int) -> StreamEvents:
+def render_completion_stream(
+    plan: Plan, spec: ServerSpec, rid: str, created: int, details: PromptDetails | None = None
+) -> StreamEvents:
     head = (
         f'{{"id":"{rid}","object":"text_completion","created":{created},'
         f'"model":{dumps(spec.model)},"choices":['
@@ -861,7 +900,7 @@ def render_completion_stream(plan: Plan, spec: ServerSpec, rid: str, created: in
             )
             usage = f',"usage":{_usage_cont(pt, emitted)}' if cont else ""
             events.append((f"{head}{choice}]{usage}}}", step > 0 and i == 0))
-    _finish_stream(events, plan, head)
+    _finish_stream(events, plan, head, details)
     return events
 
 

@@ -36,10 +36,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="0 = ephemeral (default 8000)")
     p.add_argument("--model", default="tiny")
     p.add_argument("--name", default=None)
-    p.add_argument("--latency", type=float, default=0.0)
-    p.add_argument("--tokens", type=int, default=8)
-    p.add_argument("--token-delay", type=float, default=0.0)
-    p.add_argument("--max-model-len", type=int, default=512)
+    p.add_argument(
+        "--latency", type=float, default=0.0, help="seconds before each answer (default 0)"
+    )
+    p.add_argument(
+        "--tokens",
+        type=int,
+        default=8,
+        help="tokens of an answer when the call sets no lower max_tokens (default 8)",
+    )
+    p.add_argument(
+        "--token-delay",
+        type=float,
+        default=0.0,
+        help="seconds per generated token, streamed or not (default 0)",
+    )
+    p.add_argument(
+        "--max-model-len", type=int, default=512, help="context window in tokens (default 512)"
+    )
+    p.add_argument(
+        "--enable-prompt-tokens-details",
+        action="store_true",
+        help="usage shows prompt_tokens_details.cached_tokens, as vLLM's flag of that name",
+    )
     p.add_argument("--reasoning", action="store_true")
     p.add_argument("--error-style", choices=("nested", "flat"), default="nested")
     p.add_argument("--api-key", default=None)
@@ -71,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         name=args.name,
         seed=args.seed,
         keep_alive_timeout=args.keep_alive_timeout,
+        prompt_tokens_details=args.enable_prompt_tokens_details,
     )
     if args.fail_next:
         server.fail_next(args.fail_next, args.fail_status or 503)

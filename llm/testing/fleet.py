@@ -69,6 +69,7 @@ __all__ = [
     "block_hashes",
     "chat_units",
     "completion_units",
+    "prompt_block_hashes",
     "token_chunks",
 ]
 
@@ -191,6 +192,16 @@ def block_hashes(units: str, block_size: int) -> list[int]:
         h = hash((h, units[start : start + span]))
         out.append(h)
     return out
+
+
+def prompt_block_hashes(kind: str, body: Any, prompt_tokens: int, block_size: int) -> list[int]:
+    """The chained block hashes of a request's prompt (``kind``: "chat" or "completion")."""
+    units = (
+        chat_units(body.get("messages"))
+        if kind == "chat"
+        else completion_units(body.get("prompt"))
+    )
+    return block_hashes(units[: UNIT * prompt_tokens], block_size)
 
 
 def token_chunks(
