@@ -21,6 +21,7 @@ from llm.send.log import log_health_change
 SECRET = "sk-secret-123"
 
 SNAPSHOT_KEYS = {
+    "tokens",
     "route",
     "base_url",
     "model",
@@ -296,6 +297,21 @@ def test_force_honours_retry_after_beyond_the_cooldown(
 
 
 # -- stats -------------------------------------------------------------------------------
+
+
+def test_stats_count_prompt_and_cached_tokens(make_balancer: MakeBalancer) -> None:
+    balancer = make_balancer("a", "b")
+    a = balancer.routes["a"]
+    assert balancer.stats()["a"]["tokens"] == {"prompt": 0, "cached": 0, "cache_hit_rate": None}
+    balancer.succeeded(a, balancer.dispatch(a), 0.1, prompt_tokens=422, cached_tokens=0)
+    balancer.succeeded(a, balancer.dispatch(a), 0.1, prompt_tokens=422, cached_tokens=384)
+    balancer.succeeded(a, balancer.dispatch(a), 0.1)  # an answer without usage
+    assert balancer.stats()["a"]["tokens"] == {
+        "prompt": 844,
+        "cached": 384,
+        "cache_hit_rate": round(384 / 844, 4),
+    }
+    assert balancer.stats()["b"]["tokens"]["prompt"] == 0
 
 
 def test_stats_snapshot_shows_state_transitions(

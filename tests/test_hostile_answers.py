@@ -240,3 +240,29 @@ async def probe_twice_async(provider: VLLMOpenAIProvider, kind: str) -> tuple[An
         return probing, second, after_trial, provider.stats()["bad"]
     finally:
         await provider.aclose()
+
+
+@pytest.mark.parametrize(
+    ("usage", "counts"),
+    [
+        ({"prompt_tokens": 422, "prompt_tokens_details": {"cached_tokens": 384}}, (422, 384)),
+        ({"prompt_tokens": 422, "prompt_tokens_details": None}, (422, 0)),
+        ({"prompt_tokens": 422}, (422, 0)),
+        ({"prompt_tokens": 10, "prompt_tokens_details": {"cached_tokens": 11}}, (10, 0)),
+        ({"prompt_tokens": 10, "prompt_tokens_details": {"cached_tokens": -1}}, (10, 0)),
+        ({"prompt_tokens": 10, "prompt_tokens_details": {"cached_tokens": True}}, (10, 0)),
+        ({"prompt_tokens": 10, "prompt_tokens_details": {"cached_tokens": 5.0}}, (10, 0)),
+        ({"prompt_tokens": "many", "prompt_tokens_details": {"cached_tokens": 1}}, (0, 0)),
+        ({"prompt_tokens": 1 << 60}, (0, 0)),
+        ({"prompt_tokens": -5}, (0, 0)),
+        ({"prompt_tokens": True}, (0, 0)),
+        ([1, 2], (0, 0)),
+        (None, (0, 0)),
+    ],
+)
+def test_usage_counts_for_stats_take_only_sane_numbers(
+    usage: object, counts: tuple[int, int]
+) -> None:
+    from llm.judge.answers import prompt_counts
+
+    assert prompt_counts(usage) == counts

@@ -54,5 +54,19 @@ def oversized(
     return InvalidResponseError(f"{what} larger than {cap} ({limit} bytes): refused", route=route)
 
 
+def prompt_counts(usage: object) -> tuple[int, int]:
+    """A usage block's prompt tokens and, of those, the tokens the server found in its prefix
+    cache (``prompt_tokens_details.cached_tokens``: vLLM sends it when started with
+    ``--enable-prompt-tokens-details``); 0 for what it does not say, or says absurdly."""
+    if not isinstance(usage, dict):
+        return 0, 0
+    prompt = usage.get("prompt_tokens")
+    if type(prompt) is not int or not 0 < prompt < 1 << 40:
+        return 0, 0
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return prompt, cached if type(cached) is int and 0 < cached <= prompt else 0
+
+
 def too_long(route: str, timeout: float, what: str = "answer not complete") -> RouteTimeoutError:
     return RouteTimeoutError(f"{what} within {timeout:g}s", route=route)

@@ -379,11 +379,14 @@ class Balancer:
         generated: int | None = None,
         waiting: float | None = None,
         kv_usage: float | None = None,
+        prompt_tokens: int = 0,
+        cached_tokens: int = 0,
     ) -> None:
         """The request answered well. ``latency`` (whole answer) and ``ttft`` (first token)
         are its measurements; ``generated`` the tokens it produced in ``latency`` (less
         ``ttft`` when both are known); ``waiting`` and ``kv_usage`` the server's ORCA load
-        report that came with it."""
+        report that came with it; ``prompt_tokens`` and ``cached_tokens`` its usage's
+        (for ``stats()``)."""
         health = route.health
         lock = self.lock
         lock.acquire()
@@ -391,6 +394,9 @@ class Balancer:
             now = self.clock()
             self._ended(route, now, tokens)
             route.successes += 1
+            if prompt_tokens:
+                route.prompt_tokens += prompt_tokens
+                route.cached_tokens += cached_tokens
             was_healthy = health.healthy
             health.on_success(started_at)
             alpha = self.alpha

@@ -295,9 +295,12 @@ class CallPlan:
         generated: int | None = None,
         waiting: float | None = None,
         kv_usage: float | None = None,
+        prompt_tokens: int = 0,
+        cached_tokens: int = 0,
     ) -> None:
-        """The attempt answered well: its measurements, the tokens it generated and the
-        server's load report with it, if any (``Balancer.succeeded``)."""
+        """The attempt answered well: its measurements, the tokens it generated, the
+        server's load report with it, if any, and its usage's prompt and cached tokens
+        (``Balancer.succeeded``)."""
         if not self.attempt_open:
             return
         self.attempt_open = False
@@ -310,6 +313,8 @@ class CallPlan:
             generated=generated,
             waiting=waiting,
             kv_usage=kv_usage,
+            prompt_tokens=prompt_tokens,
+            cached_tokens=cached_tokens,
         )
         elapsed = self.clock() - started_at
         self.attempts.append(Attempt(route.name, "ok", None, None, elapsed))

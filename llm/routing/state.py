@@ -30,6 +30,7 @@ class RouteState:
 
     __slots__ = (
         "busy_since",
+        "cached_tokens",
         "config",
         "failures",
         "health",
@@ -46,6 +47,7 @@ class RouteState:
         "limit_source",
         "max_model_len",
         "name",
+        "prompt_tokens",
         "report_at",
         "report_own",
         "report_running",
@@ -87,6 +89,8 @@ class RouteState:
         self.ttft_samples = 0
         self.tokens_in_flight = 0  # max_tokens asked by the requests in flight
         self.token_time: float | None = None  # EWMA of seconds per generated token
+        self.prompt_tokens = 0  # of the answers' usage: prompt tokens, and of those the
+        self.cached_tokens = 0  # tokens its prefix cache held
         # the server's last load report (load.py): what it said, when, and our counters then
         self.report_waiting = 0.0
         self.report_running: float | None = None
@@ -132,6 +136,13 @@ class RouteState:
             "last_error": self.last_error,
             "tokens_in_flight": self.tokens_in_flight,
             "ms_per_token": _ms(self.token_time),
+            "tokens": {
+                "prompt": self.prompt_tokens,
+                "cached": self.cached_tokens,
+                "cache_hit_rate": round(self.cached_tokens / self.prompt_tokens, 4)
+                if self.prompt_tokens
+                else None,
+            },
             "load": load_snapshot(self, now, max_age),
             "max_model_len": self.max_model_len,
             "max_model_len_source": self.limit_source,

@@ -28,7 +28,7 @@ from ..call.size import prompt_tokens
 from ..call.spec import AnswerKind, BodyEncoder, CallSpec
 from ..config import LLMConfig, RouteConfig
 from ..errors import InvalidRequestError, InvalidResponseError
-from ..judge.answers import decode_answer
+from ..judge.answers import decode_answer, prompt_counts
 from ..judge.context import context_limit
 from ..judge.load_report import parse_orca
 from ..judge.status import (
@@ -208,6 +208,7 @@ class EngineBase:
                     report = parse_orca(orca)
                     if report is not None:
                         waiting, kv_usage = report.waiting, report.kv_usage
+                prompt, cached = prompt_counts(data.get("usage"))
                 plan.succeeded(
                     route,
                     started,
@@ -215,6 +216,8 @@ class EngineBase:
                     generated=generated_tokens(data),
                     waiting=waiting,
                     kv_usage=kv_usage,
+                    prompt_tokens=prompt,
+                    cached_tokens=cached,
                 )
                 return Reply(route.name, status, headers, content, data, plan.attempts, latency)
             invalid = InvalidResponseError(f"HTTP {status} with {problem}", route=route.name)

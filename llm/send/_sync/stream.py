@@ -26,7 +26,7 @@ from typing import Any
 
 from ...call.spec import AnswerKind
 from ...errors import RouteError, StreamInterruptedError
-from ...judge.answers import too_long
+from ...judge.answers import prompt_counts, too_long
 from ...judge.sse import SSEDecoder
 from ...judge.status import outcome_name
 from ...judge.stream import carries_payload, events_of
@@ -121,9 +121,11 @@ class SyncStream:
     def batches(self) -> Generator[list[Event], None, None]:
         """The events as they come, a list per piece of the body (``piece``: its bytes)."""
         try:
+            last: list[Event] = []  # the last events that came (the usage chunk is last)
             if self._chunks:
                 self.piece = b"".join(self._chunks)
-                yield self._events
+                last = self._events
+                yield last
                 self._chunks, self._events = [], []
             decoder = self._decoder
             route = self.route
@@ -140,8 +142,10 @@ class SyncStream:
                 if self.ttft_s is None and any(carries_payload(e) for e in events):
                     self.ttft_s = self._clock() - self._started
                 self.piece = chunk
+                if events:
+                    last = events
                 yield events
-            self._succeed()
+            self._succeed(last)
         except BaseException as exc:
             failure = route_failure(self.route, exc, self._io_errors)
             if failure is None:  # the consumer closing the generator, a cancellation, a bug
@@ -163,11 +167,20 @@ class SyncStream:
         error.attempts = tuple(self.attempts)
         raise error from None  # the cause's words are in the message, masked with it
 
-    def _succeed(self) -> None:
+    def _succeed(self, last: list[Event]) -> None:
         latency = self._clock() - self._started
         # the events less the first (the role) and the last (usage, or a finish reason)
         generated = self._seen - 2 if self._seen > 3 else 1
-        self._plan.succeeded(self._route, self._started, latency, self.ttft_s, generated=generated)
+        prompt, cached = prompt_counts(last[-1].get("usage")) if last else (0, 0)
+        self._plan.succeeded(
+            self._route,
+            self._started,
+            latency,
+            self.ttft_s,
+            generated=generated,
+            prompt_tokens=prompt,
+            cached_tokens=cached,
+        )
 
     def _fail(self, error: RouteError, outcome: str) -> None:
         self._plan.failed(self._route, self._started, error, outcome)
