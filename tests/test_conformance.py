@@ -439,6 +439,8 @@ def test_server_stopped_mid_burst_costs_no_call(fleet_up: Fleet) -> None:
     failed = [a for a in answers if isinstance(a, BaseException)]
     assert failed == []
     assert all(a.content for a in answers)
+    # b had calls in flight when it was stopped: they went on to a
+    assert any(a.attempts[0].route == "b" and a.route == "a" for a in answers)
 
 
 def test_frozen_server_calls_end_by_their_deadline_and_move_on(fleet_up: Fleet) -> None:
