@@ -15,7 +15,7 @@ from llm.errors import (
     RouteConnectionError,
     ServerError,
 )
-from llm.routing import Balancer, CallPlan, RouteState, backoff_delay
+from llm.routing import Balancer, CallPlan, RouteState, backoff_delay, plan_call
 
 RETRY = RetryConfig(max_retries=3, backoff_initial=0.1, backoff_max=2.0, retry_after_max=10)
 
@@ -383,3 +383,18 @@ def test_plan_ejection_reaches_the_balancer_stats(
     fail(plan, route, clock)
     stats = balancer.stats()["a"]
     assert stats["state"] == "ejected" and stats["failures"] == 1 and stats["in_flight"] == 0
+
+
+def test_a_call_that_must_keep_its_model_never_gets_the_fallback(
+    make_balancer: MakeBalancer, clock: FakeClock
+) -> None:
+    """An SDK call to /v1/embeddings (say) is not answered by the fallback's other model."""
+    balancer = make_balancer("a", "b", route_config("fb", model="small"), fallback_route="fb")
+    usual = plan_call(balancer, route=None, model="m", retry=RetryConfig(), deadline=10)
+    kept = plan_call(
+        balancer, route=None, model="m", retry=RetryConfig(), deadline=10, fallback=False
+    )
+    assert usual.fallback is not None and usual.fallback.routes[0].name == "fb"
+    assert kept.fallback is None and kept.pinned
+    assert "fb" in {name for name, _ in run_failing(usual, clock)}
+    assert {name for name, _ in run_failing(kept, clock)} == {"a", "b"}

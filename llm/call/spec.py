@@ -37,6 +37,7 @@ class CallSpec:
     raw_model: str | None = None  # the model named inside raw_body
     headers: Mapping[str, str] = field(default_factory=dict)
     session: str | None = None  # an explicit affinity key (call/affinity.py)
+    fallback: bool = True  # may go on to the fallback route (another model) when the pool fails
 
 
 class BodyEncoder:

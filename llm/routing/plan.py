@@ -53,14 +53,16 @@ def plan_call(
     tokens: int = 0,
     key: bytes | None = None,
     prompt_tokens: int = 0,
+    fallback: bool = True,
 ) -> CallPlan:
     """The plan of one call: ``route`` pinned, else ``model``'s pool then the fallback route
     (``key``: the call's affinity key, ``affinity.py``; ``prompt_tokens``: its estimated
-    prompt, which with ``tokens`` must fit a route's context window, ``fit.py``).
+    prompt, which with ``tokens`` must fit a route's context window, ``fit.py``;
+    ``fallback=False``: never the fallback route, which serves another model).
 
     Raises ``NoRouteError`` naming what exists when no route has that name or serves that
     model, ``ContextWindowError`` when the call fits no route it could go to."""
-    fallback = None
+    other = None
     if route is not None:
         try:
             pool = balancer.single(route)
@@ -86,12 +88,12 @@ def plan_call(
             )
         pool = found
         name = balancer.fallback_route
-        if name is not None and name not in pool.names:
-            fallback = balancer.single(name)
+        if fallback and name is not None and name not in pool.names:
+            other = balancer.single(name)
     plan = CallPlan(
         balancer,
         pool,
-        fallback,
+        other,
         retry=retry,
         deadline=deadline,
         stream=stream,
@@ -99,11 +101,11 @@ def plan_call(
         tokens=tokens,
         key=key,
     )
-    plan.pinned = route is not None
+    plan.pinned = route is not None or not fallback
     plan.prompt_tokens = prompt_tokens
     if balancer.limits_known:
         need = need_of(prompt_tokens, tokens)
-        fallback_limit = fallback.routes[0].max_model_len if fallback is not None else None
+        fallback_limit = other.routes[0].max_model_len if other is not None else None
         if need > min_limit(pool, balancer.limits_version) or (
             fallback_limit is not None and fallback_limit < need
         ):
@@ -175,7 +177,8 @@ class CallPlan:
         self.timeout = 0.0
         self.prompt_tokens = 0
         self.unfit: frozenset[RouteState] = frozenset()  # routes the call does not fit
-        self.pinned = False  # a pinned call never leaves its route for the context fallback
+        # a pinned call (or one that must keep its model) never leaves for the context fallback
+        self.pinned = False
 
     # -- fitting -------------------------------------------------------------------------
 

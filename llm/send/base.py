@@ -110,6 +110,7 @@ class EngineBase:
             prompt_tokens=(
                 prompt_tokens(spec.body) if key is not None or self.balancer.limits_known else 0
             ),
+            fallback=spec.fallback,
         )
 
     def request_for(
@@ -199,6 +200,11 @@ class EngineBase:
         request's own fault (a 400...) after recording it."""
         status, headers = answer.status_code, answer.headers
         verdict = verdict_for_status(status)
+        if status == 404 and expect is None:
+            # An endpoint other than (chat) completions that the server does not have (an SDK
+            # call to /v1/embeddings, /v1/responses...): the request's fault, not the route's.
+            # A route whose model is missing is found by its checks of /v1/models.
+            verdict = Verdict.CALLER_FAULT
         if verdict is Verdict.OK:
             data, problem = decode_answer(content, expect)
             if problem is None:

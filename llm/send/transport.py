@@ -27,7 +27,13 @@ from typing import Any
 import httpx
 
 from ..call.spec import AnswerKind, CallSpec
-from ..errors import AllRoutesFailedError, APIStatusError, LLMError, NoRouteError
+from ..errors import (
+    AllRoutesFailedError,
+    APIStatusError,
+    LLMError,
+    NoRouteError,
+    RouteTimeoutError,
+)
 from ..judge.parse import parse_json
 from ..results import Reply
 from ._async.engine import AsyncEngine
@@ -35,7 +41,13 @@ from ._async.stream import AsyncStream
 from ._sync.engine import SyncEngine
 from ._sync.stream import SyncStream
 
-__all__ = ["SESSION_HEADER", "AsyncRoutingTransport", "RoutesUnavailableError", "RoutingTransport"]
+__all__ = [
+    "SESSION_HEADER",
+    "AsyncRoutingTransport",
+    "RoutesTimeoutError",
+    "RoutesUnavailableError",
+    "RoutingTransport",
+]
 
 SESSION_HEADER = "X-LLM-Routes-Session"
 
@@ -46,7 +58,22 @@ class RoutesUnavailableError(httpx.ConnectError, LLMError):
     """No route could be reached (raised to httpx clients, which expect a transport error)."""
 
 
-def _spec_for(request: httpx.Request, content: bytes) -> CallSpec:
+class RoutesTimeoutError(httpx.ReadTimeout, LLMError):
+    """The call's deadline (the client's timeout for the request, or the config's) passed
+    before any route answered: the OpenAI SDK raises its ``APITimeoutError``."""
+
+
+def _deadline(request: httpx.Request, configured: float) -> float:
+    """The call's deadline: the config's, or the client's timeout for this request (httpx's
+    read timeout: the SDK's ``timeout=``) when that is shorter."""
+    timeout = request.extensions.get("timeout")
+    read = timeout.get("read") if isinstance(timeout, dict) else None
+    if isinstance(read, (int, float)) and not isinstance(read, bool) and 0 < read < configured:
+        return float(read)
+    return configured
+
+
+def _spec_for(request: httpx.Request, content: bytes, deadline: float) -> CallSpec:
     path = request.url.raw_path.decode("ascii")
     if path.startswith("/v1/") or path == "/v1":
         path = path[3:]
@@ -70,6 +97,8 @@ def _spec_for(request: httpx.Request, content: bytes) -> CallSpec:
         expect = "completion"
     session = request.headers.get(SESSION_HEADER) or None
     return CallSpec(
+        deadline=_deadline(request, deadline),
+        fallback=expect is not None,  # an embedding is never answered by another model
         path=path,
         session=session,
         method=request.method,
@@ -113,6 +142,10 @@ def _error_response(request: httpx.Request, error: LLMError) -> httpx.Response:
             }
         }
         response = httpx.Response(404, json=payload, request=request)
+    elif isinstance(error, RouteTimeoutError) or (
+        isinstance(error, AllRoutesFailedError) and isinstance(error.last_error, RouteTimeoutError)
+    ):
+        raise RoutesTimeoutError(str(error), request=request) from error
     else:
         raise RoutesUnavailableError(str(error), request=request) from error
     response.extensions["llm_attempts"] = list(getattr(error, "attempts", ()))
@@ -143,7 +176,7 @@ class RoutingTransport(httpx.BaseTransport):
         self._engine = engine
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        spec = _spec_for(request, request.read())
+        spec = _spec_for(request, request.read(), self._engine.config.deadline)
         try:
             if spec.stream:
                 stream = self._engine.open_stream(spec)
@@ -161,7 +194,7 @@ class AsyncRoutingTransport(httpx.AsyncBaseTransport):
         self._engine = engine
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        spec = _spec_for(request, await request.aread())
+        spec = _spec_for(request, await request.aread(), self._engine.config.deadline)
         try:
             if spec.stream:
                 stream = await self._engine.open_stream(spec)
