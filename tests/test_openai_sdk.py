@@ -1,4 +1,8 @@
-"""The real OpenAI SDK (2.x, httpx-based) through provider.http_client(): routing for free."""
+"""The real OpenAI SDK through provider.http_client(): routing for free.
+
+Each test runs with both flavours of client: ``httpx`` (openai 2.x; openai 3 still accepts it)
+and ``httpx2`` (openai 3's own package), when the installed openai takes it.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,8 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from llm import VLLMOpenAIProvider
+from llm import LLMError, VLLMOpenAIProvider
 from llm.factory import LLMFactory
-from llm.send.transport import RoutesUnavailableError
 from llm.testing import FakeVLLM
 
 MESSAGES = [{"role": "user", "content": "hello world"}]
@@ -39,19 +42,35 @@ def provider_for(servers: dict[str, FakeVLLM]) -> VLLMOpenAIProvider:
     return LLMFactory.create_provider("vllm_openai", config=config)
 
 
-def sdk_client(provider: VLLMOpenAIProvider) -> openai.OpenAI:
+OPENAI_MAJOR = int(openai.__version__.split(".")[0])
+
+
+@pytest.fixture(
+    params=[
+        "httpx",
+        pytest.param(
+            "httpx2",
+            marks=pytest.mark.skipif(OPENAI_MAJOR < 3, reason="openai 2 takes httpx clients only"),
+        ),
+    ]
+)
+def flavor(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def sdk_client(provider: VLLMOpenAIProvider, flavor: str = "auto") -> openai.OpenAI:
     """The README's recipe."""
     return openai.OpenAI(
         base_url="http://llm-routes/v1",
         api_key="unused",
-        http_client=provider.http_client(),
+        http_client=provider.http_client(flavor=flavor),
         max_retries=0,
     )
 
 
-def test_openai_client_is_balanced_and_each_route_gets_its_own_key(servers):
+def test_openai_client_is_balanced_and_each_route_gets_its_own_key(servers, flavor):
     with provider_for(servers) as provider:
-        client = sdk_client(provider)
+        client = sdk_client(provider, flavor)
         answers = [
             client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8)
             for _ in range(4)
@@ -64,31 +83,31 @@ def test_openai_client_is_balanced_and_each_route_gets_its_own_key(servers):
     assert servers["b"].requests[-1].headers["authorization"] == "Bearer key-b"
 
 
-def test_openai_client_fails_over_and_streams(servers):
+def test_openai_client_fails_over_and_streams(servers, flavor):
     servers["a"].down()
     with provider_for(servers) as provider:
-        client = sdk_client(provider)
+        client = sdk_client(provider, flavor)
         answer = client.chat.completions.create(model="tiny", messages=MESSAGES)
         chunks = list(client.chat.completions.create(model="tiny", messages=MESSAGES, stream=True))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == answer.choices[0].message.content
 
 
-def test_openai_client_sees_status_errors_as_its_own(servers):
+def test_openai_client_sees_status_errors_as_its_own(servers, flavor):
     with provider_for(servers) as provider:
-        client = sdk_client(provider)
+        client = sdk_client(provider, flavor)
         with pytest.raises(openai.BadRequestError, match="max_model_len"):
             client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=4096)
         with pytest.raises(openai.NotFoundError, match="no route serves model"):
             client.chat.completions.create(model="gpt-unknown", messages=MESSAGES)
 
 
-async def test_async_openai_client(servers):
+async def test_async_openai_client(servers, flavor):
     async with provider_for(servers) as provider:
         client = openai.AsyncOpenAI(
             base_url="http://llm-routes/v1",
             api_key="unused",
-            http_client=provider.async_http_client(),
+            http_client=provider.async_http_client(flavor=flavor),
             max_retries=0,
         )
         answer = await client.chat.completions.create(model="tiny", messages=MESSAGES)
@@ -128,11 +147,11 @@ def fallback_provider(servers: dict[str, FakeVLLM], **params: object) -> VLLMOpe
     return LLMFactory.create_provider("vllm_openai", config=config)
 
 
-def test_an_endpoint_the_servers_lack_is_the_requests_fault(with_fallback):
+def test_an_endpoint_the_servers_lack_is_the_requests_fault(with_fallback, flavor):
     """vLLM serving a chat model has no /v1/embeddings: its 404 ejects no route, and the
     next chat is answered by the pool, not by the fallback's smaller model."""
     with fallback_provider(with_fallback) as provider:
-        client = sdk_client(provider)
+        client = sdk_client(provider, flavor)
         with pytest.raises(openai.NotFoundError):
             client.embeddings.create(model="tiny", input="hello")
         with pytest.raises(openai.NotFoundError):
@@ -145,12 +164,12 @@ def test_an_endpoint_the_servers_lack_is_the_requests_fault(with_fallback):
     assert asked.count("/v1/embeddings") == 1 and asked.count("/v1/responses") == 1
 
 
-def test_another_endpoint_never_goes_to_the_fallbacks_model(with_fallback):
+def test_another_endpoint_never_goes_to_the_fallbacks_model(with_fallback, flavor):
     with_fallback["a"].down()
     with_fallback["b"].down()
     with fallback_provider(with_fallback) as provider:
-        http = provider.http_client()
-        with pytest.raises(RoutesUnavailableError) as caught:
+        http = provider.http_client(flavor=flavor)
+        with pytest.raises(LLMError) as caught:  # RoutesUnavailableError, of httpx or httpx2
             http.post("http://llm-routes/v1/embeddings", json={"model": "tiny", "input": "x"})
         chat = http.post(
             "http://llm-routes/v1/chat/completions", json={"model": "tiny", "messages": MESSAGES}
@@ -161,11 +180,11 @@ def test_another_endpoint_never_goes_to_the_fallbacks_model(with_fallback):
     assert chat.status_code == 200 and chat.extensions["llm_route"] == "small"  # a chat may
 
 
-def test_the_sdks_timeout_is_the_calls_deadline(servers):
+def test_the_sdks_timeout_is_the_calls_deadline(servers, flavor):
     servers["a"].set_latency(2.0)
     servers["b"].set_latency(2.0)
     with provider_for(servers) as provider:
-        client = sdk_client(provider)
+        client = sdk_client(provider, flavor)
         started = time.monotonic()
         with pytest.raises(openai.APITimeoutError):
             client.chat.completions.create(model="tiny", messages=MESSAGES, timeout=0.3)
@@ -173,14 +192,14 @@ def test_the_sdks_timeout_is_the_calls_deadline(servers):
     assert took < 1.0, took  # not the route's 2 s timeout
 
 
-async def test_the_async_sdks_timeout_is_the_calls_deadline(servers):
+async def test_the_async_sdks_timeout_is_the_calls_deadline(servers, flavor):
     servers["a"].set_latency(2.0)
     servers["b"].set_latency(2.0)
     async with provider_for(servers) as provider:
         client = openai.AsyncOpenAI(
             base_url="http://llm-routes/v1",
             api_key="unused",
-            http_client=provider.async_http_client(),
+            http_client=provider.async_http_client(flavor=flavor),
             max_retries=0,
         )
         started = time.monotonic()
@@ -188,3 +207,13 @@ async def test_the_async_sdks_timeout_is_the_calls_deadline(servers):
             await client.chat.completions.create(model="tiny", messages=MESSAGES, timeout=0.3)
         took = time.monotonic() - started
     assert took < 1.0, took
+
+
+def test_the_client_is_what_the_installed_openai_is_built_on(servers):
+    with provider_for(servers) as provider:
+        client = provider.http_client()
+        expected = "httpx2" if OPENAI_MAJOR >= 3 else "httpx"
+        assert type(client).__module__.split(".")[0] == expected
+        assert type(provider.http_client(flavor="httpx")).__module__.split(".")[0] == "httpx"
+        with pytest.raises(ValueError, match="flavor must be"):
+            provider.http_client(flavor="requests")  # type: ignore[arg-type]

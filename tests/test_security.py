@@ -61,8 +61,18 @@ from llm.errors import (
 from llm.factory import LLMFactory
 from llm.providers.vllm_openai import VLLMOpenAIProvider
 from llm.results import ChatResult, StreamEvent
-from llm.send.transport import RoutesUnavailableError
+from llm.send.transport import RoutesTimeoutError, RoutesUnavailableError
 from llm.testing import FakeVLLM
+
+# what the routed httpx clients raise when no route answered (a connect error or a timeout);
+# with openai 3, http_client() is an httpx2 client, with httpx2's
+UNAVAILABLE: tuple[type[Exception], ...] = (RoutesUnavailableError, RoutesTimeoutError)
+try:
+    from llm.send.transport_httpx2 import Routes2TimeoutError, Routes2UnavailableError
+
+    UNAVAILABLE += (Routes2UnavailableError, Routes2TimeoutError)
+except ImportError:
+    pass
 
 SECRET = "sk-SECRET-5e1f9a"  # route keys
 SECRET_B = "sk-SECRET-b7c3d2"
@@ -729,12 +739,12 @@ def test_real_failures_keep_secrets_out_of_errors_results_stats_health_and_logs(
             texts += error_texts(error)
 
         # the httpx client path: raw httpx and the OpenAI SDK
-        with pytest.raises(RoutesUnavailableError) as unavailable:
+        with pytest.raises(UNAVAILABLE) as unavailable:
             api.http_post({"model": "r", "messages": MESSAGES})
         texts += error_texts(unavailable.value)
         try:
             response = api.http_post({"model": "m", "messages": MESSAGES})
-        except RoutesUnavailableError as error:  # the last attempt was a connect error
+        except UNAVAILABLE as error:  # the last attempt was a connect error or a timeout
             texts += error_texts(error)
         else:
             assert response.status_code >= 400

@@ -15,7 +15,9 @@ merged into the body as it is. Bad calls fail before any I/O with an ``InvalidRe
 
 from __future__ import annotations
 
-from typing import Any
+from importlib.metadata import PackageNotFoundError, version
+from importlib.util import find_spec
+from typing import Any, Literal
 
 import httpx
 
@@ -30,26 +32,60 @@ _CLIENT_TIMEOUT_MARGIN = 5.0  # seconds past the deadline before the client itse
 CLOSE_TIMEOUT = 10.0  # seconds close() waits for the calls in flight
 
 
+Flavor = Literal["auto", "httpx", "httpx2"]
+
+
+def _use_httpx2(flavor: Flavor) -> bool:
+    """Whether to hand out an httpx2 client: asked for, or (``auto``) the installed openai is
+    3.x or later (built on httpx2, which it then brings)."""
+    if flavor not in ("auto", "httpx", "httpx2"):
+        raise ValueError(f"flavor must be 'auto', 'httpx' or 'httpx2', not {flavor!r}")
+    if flavor != "auto":
+        return flavor == "httpx2"
+    try:
+        major = version("openai").split(".", 1)[0]
+    except PackageNotFoundError:
+        return False
+    return major.isdigit() and int(major) >= 3 and find_spec("httpx2") is not None
+
+
 class VLLMOpenAIProvider(SyncAPI, AsyncAPI):
     """Several OpenAI-compatible servers behind one object. Thread-safe; one per process."""
 
-    def http_client(self, **kwargs: Any) -> httpx.Client:
-        """An ``httpx.Client`` whose transport routes every request (for the OpenAI SDK & co).
+    def http_client(self, *, flavor: Flavor = "auto", **kwargs: Any) -> Any:
+        """A client whose transport routes every request (for the OpenAI SDK & co): an
+        ``httpx2.Client`` when the installed openai is 3.x (built on httpx2), else an
+        ``httpx.Client``; ``flavor="httpx"`` or ``"httpx2"`` chooses. ``kwargs`` go to the
+        client.
 
         Use it with a base_url ending in /v1, e.g.
         ``openai.OpenAI(base_url="http://llm-routes/v1", api_key="unused", http_client=...)``.
         """
-        self._client_defaults(kwargs)
+        if _use_httpx2(flavor):
+            import httpx2
+
+            from ..send.transport_httpx2 import RoutingTransport2
+
+            self._client_defaults(kwargs, httpx2.Timeout)
+            return httpx2.Client(transport=RoutingTransport2(self._engine), **kwargs)
+        self._client_defaults(kwargs, httpx.Timeout)
         return httpx.Client(transport=RoutingTransport(self._engine), **kwargs)
 
-    def async_http_client(self, **kwargs: Any) -> httpx.AsyncClient:
-        """The async twin of ``http_client``."""
-        self._client_defaults(kwargs)
+    def async_http_client(self, *, flavor: Flavor = "auto", **kwargs: Any) -> Any:
+        """The async twin of ``http_client`` (``httpx2.AsyncClient`` or ``httpx.AsyncClient``)."""
+        if _use_httpx2(flavor):
+            import httpx2
+
+            from ..send.transport_httpx2 import AsyncRoutingTransport2
+
+            self._client_defaults(kwargs, httpx2.Timeout)
+            return httpx2.AsyncClient(transport=AsyncRoutingTransport2(self._aengine), **kwargs)
+        self._client_defaults(kwargs, httpx.Timeout)
         return httpx.AsyncClient(transport=AsyncRoutingTransport(self._aengine), **kwargs)
 
-    def _client_defaults(self, kwargs: dict[str, Any]) -> None:
+    def _client_defaults(self, kwargs: dict[str, Any], timeout: Any) -> None:
         kwargs.setdefault("base_url", _CLIENT_BASE_URL)
-        kwargs.setdefault("timeout", httpx.Timeout(self.config.deadline + _CLIENT_TIMEOUT_MARGIN))
+        kwargs.setdefault("timeout", timeout(self.config.deadline + _CLIENT_TIMEOUT_MARGIN))
 
     def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
         """Take no new call; wait up to ``timeout`` seconds for the calls in flight (sync

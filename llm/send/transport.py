@@ -17,12 +17,16 @@ and LangChain's ``ChatOpenAI`` get the same routing without code of their own.
 - A ``X-LLM-Routes-Session`` header is the call's ``session=`` (its affinity key, see
   ``call/affinity.py``): ``extra_headers={"X-LLM-Routes-Session": conversation_id}`` in the
   SDK. Like every header of the client's, it is not sent on to the server.
+
+Two packages speak this API: ``httpx`` (openai 2.x, LangChain with openai 2) and its
+successor ``httpx2`` (openai 3). The functions here take the package (``hx``) as an argument
+and work for both; the classes below are httpx's, ``transport_httpx2.py`` has httpx2's.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -63,7 +67,7 @@ class RoutesTimeoutError(httpx.ReadTimeout, LLMError):
     before any route answered: the OpenAI SDK raises its ``APITimeoutError``."""
 
 
-def _deadline(request: httpx.Request, configured: float) -> float:
+def _deadline(request: Any, configured: float) -> float:
     """The call's deadline: the config's, or the client's timeout for this request (httpx's
     read timeout: the SDK's ``timeout=``) when that is shorter."""
     timeout = request.extensions.get("timeout")
@@ -73,7 +77,7 @@ def _deadline(request: httpx.Request, configured: float) -> float:
     return configured
 
 
-def _spec_for(request: httpx.Request, content: bytes, deadline: float) -> CallSpec:
+def spec_for(request: Any, content: bytes, deadline: float) -> CallSpec:
     path = request.url.raw_path.decode("ascii")
     if path.startswith("/v1/") or path == "/v1":
         path = path[3:]
@@ -112,13 +116,21 @@ def _spec_for(request: httpx.Request, content: bytes, deadline: float) -> CallSp
 
 
 def _headers_of(headers: Mapping[str, str]) -> list[tuple[str, str]]:
-    # httpx.Headers and aiohttp's multidict both hand out repeated headers from items().
-    items = headers.multi_items() if isinstance(headers, httpx.Headers) else headers.items()
+    # httpx's Headers (multi_items) and aiohttp's multidict (items) hand out repeated headers.
+    multi_items = getattr(headers, "multi_items", None)
+    items = multi_items() if multi_items is not None else headers.items()
     return [(k, v) for k, v in items if k.lower() not in _HOP_HEADERS]
 
 
-def _error_response(request: httpx.Request, error: LLMError) -> httpx.Response:
-    """An error the client should see as a status; raises when there is no status to give."""
+def error_response(
+    hx: Any,
+    request: Any,
+    error: LLMError,
+    unavailable: type[Exception],
+    timed_out: type[Exception],
+) -> Any:
+    """An error the client should see as a status (a ``hx.Response``); raises ``timed_out``
+    or ``unavailable`` (transport errors of ``hx``) when there is no status to give."""
     status_error: APIStatusError | None = None
     if isinstance(error, APIStatusError):
         status_error = error
@@ -126,7 +138,7 @@ def _error_response(request: httpx.Request, error: LLMError) -> httpx.Response:
         status_error = error.last_error
     if status_error is not None:
         body = (status_error.body or "").encode()
-        response = httpx.Response(
+        response = hx.Response(
             status_error.status_code,
             headers={"content-type": "application/json"},
             content=body,
@@ -141,34 +153,39 @@ def _error_response(request: httpx.Request, error: LLMError) -> httpx.Response:
                 "code": 404,
             }
         }
-        response = httpx.Response(404, json=payload, request=request)
+        response = hx.Response(404, json=payload, request=request)
     elif isinstance(error, RouteTimeoutError) or (
         isinstance(error, AllRoutesFailedError) and isinstance(error.last_error, RouteTimeoutError)
     ):
-        raise RoutesTimeoutError(str(error), request=request) from error
+        raise timed_out(str(error), request=request) from error  # type: ignore[call-arg]
     else:
-        raise RoutesUnavailableError(str(error), request=request) from error
+        raise unavailable(str(error), request=request) from error  # type: ignore[call-arg]
     response.extensions["llm_attempts"] = list(getattr(error, "attempts", ()))
     return response
 
 
-def _routed(
-    request: httpx.Request,
+def routed(
+    hx: Any,
+    request: Any,
     answer: Reply | SyncStream | AsyncStream,
-    body: httpx.SyncByteStream | httpx.AsyncByteStream | None = None,
-) -> httpx.Response:
-    """The response handed to the client for an answer (or an open stream with its body)."""
+    body: Any = None,
+) -> Any:
+    """The ``hx.Response`` handed to the client for an answer (or an open stream with its
+    ``body``, a byte stream of ``hx``)."""
     headers = _headers_of(answer.headers)
     if body is None:
         assert isinstance(answer, Reply)
-        response = httpx.Response(
+        response = hx.Response(
             answer.status_code, headers=headers, content=answer.content, request=request
         )
     else:
-        response = httpx.Response(answer.status_code, headers=headers, stream=body, request=request)
+        response = hx.Response(answer.status_code, headers=headers, stream=body, request=request)
     response.extensions["llm_route"] = answer.route
     response.extensions["llm_attempts"] = answer.attempts
     return response
+
+
+_ERRORS = (RoutesUnavailableError, RoutesTimeoutError)
 
 
 class RoutingTransport(httpx.BaseTransport):
@@ -176,14 +193,14 @@ class RoutingTransport(httpx.BaseTransport):
         self._engine = engine
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        spec = _spec_for(request, request.read(), self._engine.config.deadline)
+        spec = spec_for(request, request.read(), self._engine.config.deadline)
         try:
             if spec.stream:
                 stream = self._engine.open_stream(spec)
-                return _routed(request, stream, _SyncStreamBody(stream))
-            return _routed(request, self._engine.request(spec))
+                return cast(httpx.Response, routed(httpx, request, stream, _SyncStreamBody(stream)))
+            return cast(httpx.Response, routed(httpx, request, self._engine.request(spec)))
         except LLMError as error:
-            return _error_response(request, error)
+            return cast(httpx.Response, error_response(httpx, request, error, *_ERRORS))
 
     def close(self) -> None:
         """Nothing to do: the provider owns the connections (close the provider instead)."""
@@ -194,14 +211,16 @@ class AsyncRoutingTransport(httpx.AsyncBaseTransport):
         self._engine = engine
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        spec = _spec_for(request, await request.aread(), self._engine.config.deadline)
+        spec = spec_for(request, await request.aread(), self._engine.config.deadline)
         try:
             if spec.stream:
                 stream = await self._engine.open_stream(spec)
-                return _routed(request, stream, _AsyncStreamBody(stream))
-            return _routed(request, await self._engine.request(spec))
+                return cast(
+                    httpx.Response, routed(httpx, request, stream, _AsyncStreamBody(stream))
+                )
+            return cast(httpx.Response, routed(httpx, request, await self._engine.request(spec)))
         except LLMError as error:
-            return _error_response(request, error)
+            return cast(httpx.Response, error_response(httpx, request, error, *_ERRORS))
 
     async def aclose(self) -> None:
         """Nothing to do: the provider owns the connections (close the provider instead)."""
