@@ -830,3 +830,33 @@ def _raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
                 break
             chunks.append(part)
         return b"".join(chunks)
+
+
+def test_a_structured_answer_ends_with_its_document_not_the_default_length() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "degrees": {"type": "integer"}},
+        "required": ["city", "degrees"],
+    }
+    response_format = {"type": "json_schema", "json_schema": {"name": "w", "schema": schema}}
+    messages = [{"role": "user", "content": "hi"}]
+    with FakeVLLM("tiny", tokens=4) as srv, httpx.Client(timeout=10) as client:  # 4-token default
+        whole = client.post(
+            f"{srv.base_url}/chat/completions",
+            json={"model": "tiny", "messages": messages, "response_format": response_format},
+        ).json()
+        cut = client.post(
+            f"{srv.base_url}/chat/completions",
+            json={
+                "model": "tiny",
+                "messages": messages,
+                "response_format": response_format,
+                "max_tokens": 3,
+            },
+        ).json()
+    choice = whole["choices"][0]
+    assert choice["finish_reason"] == "stop"
+    assert json.loads(choice["message"]["content"]) == {"city": "fake", "degrees": 42}
+    assert whole["usage"]["completion_tokens"] > 4
+    assert cut["choices"][0]["finish_reason"] == "length"
+    assert cut["usage"]["completion_tokens"] == 3

@@ -517,8 +517,13 @@ def plan_chat(spec: ServerSpec, body: Any) -> Plan | HttpError:
     key = "\n".join(key_parts)
     r, c = _split_reasoning(spec, count)
     document = None if tool_name is not None else document_pieces(body.get("response_format"))
-    if document is not None and len(document) <= c:
-        finish = "stop"  # the document ended before the budget did
+    if document is not None:
+        # A grammar ends the answer with the document: only max_tokens or the context window
+        # cut it short (the server's default answer length does not apply).
+        asked = opts["max_tokens"]
+        room = spec.max_model_len - prompt_tokens - r
+        c = min(len(document), room if asked is None else min(asked - r, room))
+        finish = "stop" if len(document) <= c else "length"
     choices = []
     for i in range(opts["n"]):
         choices.append(
