@@ -9,6 +9,7 @@ install or test the package itself are the ones ``.ci/run`` runs, and are checke
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shlex
@@ -172,6 +173,9 @@ def run_in(site: Site, *argv: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize("number", range(len(blocks("python"))))
 def test_python_example_runs(site: Site, number: int):
     code = site.substitute(blocks("python")[number])
+    if "llama_index" in code and importlib.util.find_spec("llama_index") is None:
+        # llama-index-llms-openai needs openai < 3: .ci/run runs this in its openai 2 step
+        pytest.skip("LlamaIndex is installed in .ci/run's openai 2 step")
     done = run_in(site, sys.executable, "-c", code)
     assert done.returncode == 0, f"example {number}:\n{code}\n{done.stderr}"
     assert "Traceback" not in done.stderr
