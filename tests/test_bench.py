@@ -170,6 +170,14 @@ def test_settings_flags_override_the_environment():
     assert (defaults.concurrency, defaults.requests, defaults.model) == (64, 256, None)
 
 
+def test_the_server_variable_is_the_configs_name_or_the_seeds():
+    """VLLM_BASE_URL, as the config reads it; the seed's VLLM_BASE still works."""
+    new, old = {"VLLM_BASE_URL": "http://u:1/v1"}, {"VLLM_BASE": "http://s:1/v1"}
+    assert settings_from(namespace(), new).base_url == "http://u:1/v1"
+    assert settings_from(namespace(), old).base_url == "http://s:1/v1"
+    assert settings_from(namespace(), {**new, **old}).base_url == "http://u:1/v1"
+
+
 @pytest.mark.parametrize(
     ("overrides", "environ", "named"),
     [
@@ -226,7 +234,8 @@ def write_config(folder: Path, servers: dict[str, FakeVLLM]) -> Path:
 
 
 def bench(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if k not in ("CONC", "NREQ", "VLLM_BASE")}
+    unset = ("CONC", "NREQ", "VLLM_BASE", "VLLM_BASE_URL")
+    environ = {k: v for k, v in os.environ.items() if k not in unset}
     environ.update(env or {})
     return subprocess.run(
         [sys.executable, SCRIPT, *args],

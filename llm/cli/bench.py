@@ -1,8 +1,8 @@
 """``llm-bench`` / ``scripts/bench_vllm.py``: the load test as a command; ``--demo`` runs the demo.
 
-Settings come from flags over the seed's environment variables (``VLLM_BASE``, ``VLLM_MODEL``,
-``CONC``, ``NREQ``) over defaults. The JSON report goes to stdout (and ``--json-out``), a
-progress bar to stderr when it is a terminal.
+Settings come from flags over environment variables (``VLLM_BASE_URL``, as the config reads
+it, or the seed's ``VLLM_BASE``; ``VLLM_MODEL``, ``CONC``, ``NREQ``) over defaults. The JSON
+report goes to stdout (and ``--json-out``), a progress bar to stderr when it is a terminal.
 
 Exit code: 0 when every call succeeded, 1 when some failed, 2 on a bad setting or config,
 130 when interrupted.
@@ -120,7 +120,7 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Bench
         prompt=args.prompt,
         api=args.api,
         config_path=args.config,
-        base_url=environ.get("VLLM_BASE") or DEFAULT_BASE_URL,
+        base_url=environ.get("VLLM_BASE_URL") or environ.get("VLLM_BASE") or DEFAULT_BASE_URL,
         model=environ.get("VLLM_MODEL") or None,
     )
 
@@ -130,7 +130,7 @@ def parser() -> argparse.ArgumentParser:
         prog="bench_vllm",
         description=(
             "Load test through the llm-routes provider; prints a JSON report on stdout. "
-            "Target: every route of --config, else one server at $VLLM_BASE "
+            "Target: every route of --config, else one server at $VLLM_BASE_URL (or $VLLM_BASE) "
             f"(default {DEFAULT_BASE_URL}) serving $VLLM_MODEL (default: the first model it "
             "lists). Exit code 0 when every call succeeded, 1 when some failed, 2 on a bad "
             "setting."

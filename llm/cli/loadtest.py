@@ -3,7 +3,7 @@
 How this works
 --------------
 ``BenchSettings`` says what to run. ``target_config`` turns it into a provider config: every
-route of ``--config``, or one route at ``VLLM_BASE`` (its model asked from ``/v1/models``
+route of ``--config``, or one route at ``VLLM_BASE_URL`` (its model asked from ``/v1/models``
 when ``VLLM_MODEL`` is unset). ``run_async`` / ``run_sync`` make the calls with C workers
 (tasks or threads) pulling call numbers from one counter, and turn each call into a
 ``CallRecord``; a call that fails is recorded with the kind of its error, never raised.
@@ -81,7 +81,7 @@ def target_config(settings: BenchSettings, environ: Mapping[str, str] | None = N
     return parse_config(
         {"llm": {"routes": {"vllm": {"base_url": settings.base_url, "model": model}}}},
         environ=environ if environ is not None else os.environ,
-        source="VLLM_BASE",
+        source="VLLM_BASE_URL",
     )
 
 
