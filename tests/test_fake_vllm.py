@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -813,6 +814,59 @@ def test_cli_subprocess() -> None:
             proc.wait(5)
         _, err = proc.communicate(timeout=5)
     assert b"Traceback" not in err
+
+
+def test_cli_serves_every_route_of_a_config(tmp_path: Path) -> None:
+    ports = [_free_port() for _ in range(2)]
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "llm:\n  routes:\n"
+        f"    big: {{base_url: 'http://127.0.0.1:{ports[0]}/v1', model: m1}}\n"
+        f"    small: {{base_url: 'http://127.0.0.2:{ports[1]}/v1', model: m2, max_model_len: 300,"
+        " api_key: k2}\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llm.testing.fake_vllm", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        lines = [_readline(proc, 10.0).decode().strip() for _ in range(2)]
+        assert lines == [
+            f"fake vLLM serving m1 on http://127.0.0.1:{ports[0]} (big)",
+            f"fake vLLM serving m2 on http://127.0.0.2:{ports[1]} (small)",
+        ]
+        with httpx.Client(timeout=T) as c:
+            big = c.get(f"http://127.0.0.1:{ports[0]}/v1/models").json()["data"][0]
+            assert (big["id"], big["max_model_len"]) == ("m1", 8192)  # room for the README's
+            small = f"http://127.0.0.2:{ports[1]}/v1/models"
+            assert c.get(small).status_code == 401  # the route's key is asked for
+            answer = c.get(small, headers={"Authorization": "Bearer k2"}).json()["data"][0]
+            assert (answer["id"], answer["max_model_len"]) == ("m2", 300)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(5) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        _, err = proc.communicate(timeout=5)
+    assert b"Traceback" not in err
+
+
+def test_cli_config_refuses_a_route_it_cannot_serve(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "llm:\n  routes:\n    far: {base_url: 'http://10.1.2.3:8000/v1', model: m}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "llm.testing.fake_vllm", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert "llm.routes.far.base_url" in done.stderr and "loopback" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 # --------------------------------------------------------------------------- helpers

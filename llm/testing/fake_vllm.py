@@ -7,6 +7,11 @@ Importing this module gives :class:`FakeVLLM`, :class:`RecordedRequest` and
 ``python -m llm.testing.fake_vllm --port 8000 ...``, starts one FakeVLLM with the
 given options, prints ``fake vLLM serving MODEL on http://HOST:PORT`` once it
 listens, and serves until SIGINT/SIGTERM, then stops cleanly and exits 0.
+``python -m llm.testing.fake_vllm --config config.yaml`` instead starts one fake per route of
+a config file, on the route's own host and port (loopback only), serving the route's model with
+a window of 8192 tokens (``--max-model-len`` to change it; a route's ``max_model_len`` wins),
+so the README's examples run against it as written. It prints one line per server.
+
 Another process can inject faults live with ``POST /_fake/control`` (JSON keys:
 fail_next, fail_status, fail_message, retry_after, fail_fraction,
 cut_streams_after, hang_streams_after, hang, latency, token_delay, reset,
@@ -16,13 +21,19 @@ respond_garbage) and read counters with ``GET /_fake/control``.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import signal
 import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
+from urllib.parse import urlsplit
 
+from llm.config import load_config
+from llm.errors import ConfigError, LLMError
 from llm.testing._server import GARBAGE_KINDS, FakeVLLM, RecordedRequest, start_fleet
+
+CONFIG_WINDOW = 8192  # tokens of context of a fake started from a config (--config)
 
 __all__ = ["FakeVLLM", "RecordedRequest", "main", "start_fleet"]
 
@@ -52,7 +63,16 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds per generated token, streamed or not (default 0)",
     )
     p.add_argument(
-        "--max-model-len", type=int, default=512, help="context window in tokens (default 512)"
+        "--max-model-len",
+        type=int,
+        default=None,
+        help=f"context window in tokens (default 512; {CONFIG_WINDOW} with --config)",
+    )
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="PATH",
+        help="start one fake per route of this llm-routes config file, on its host and port",
     )
     p.add_argument(
         "--enable-prompt-tokens-details",
@@ -74,8 +94,74 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _servers_for_config(path: str, window: int | None) -> list[FakeVLLM]:
+    """One fake per route of the config at ``path`` (see the module docstring)."""
+    config = load_config(path)
+    servers = []
+    for route in config.routes.values():
+        url = urlsplit(route.base_url)
+        host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+        if url.scheme != "http" or not _is_loopback(host):
+            key = f"llm.routes.{route.name}.base_url"
+            raise ConfigError(
+                f"{key}: a fake serves plain http on a loopback address, not {route.shown_url}",
+                key,
+            )
+        servers.append(
+            FakeVLLM(
+                route.model,
+                host=host,
+                port=port,
+                name=route.name,
+                max_model_len=route.max_model_len or window or CONFIG_WINDOW,
+                api_key=None if route.api_key == "EMPTY" else route.api_key,
+            )
+        )
+    return servers
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _serve_config(path: str, window: int | None) -> int:
+    try:
+        servers = _servers_for_config(path, window)
+    except LLMError as exc:
+        print(f"fake vLLM: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    old_int = signal.signal(signal.SIGINT, _on_signal)
+    old_term = signal.signal(signal.SIGTERM, _on_signal)
+    try:
+        for server in servers:
+            try:
+                server.start()
+            except OSError as exc:
+                print(f"fake vLLM: cannot listen on {server.url}: {exc}", file=sys.stderr)
+                return 1
+            print(f"fake vLLM serving {server.model} on {server.url} ({server.name})", flush=True)
+        while not stop.wait(0.2):
+            pass
+    finally:
+        for server in servers:
+            server.stop()
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.config is not None:
+        return _serve_config(args.config, args.max_model_len)
     server = FakeVLLM(
         args.model,
         host=args.host,
@@ -83,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         latency=args.latency,
         tokens=args.tokens,
         token_delay=args.token_delay,
-        max_model_len=args.max_model_len,
+        max_model_len=args.max_model_len or 512,
         reasoning=args.reasoning,
         error_style=args.error_style,
         api_key=args.api_key,
