@@ -26,7 +26,6 @@ import pytest
 import yaml
 
 from llm.config import body_keys, parse_config, sections
-from llm.testing import FakeVLLM
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -72,40 +71,57 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    """The README's fleet as fakes, its config.yaml in a folder, and the port substitution."""
+    """The README's fleet, its config.yaml in a folder (on free ports), and the port
+    substitution. The fleet is what the README tells a newcomer to start:
+    ``python -m llm.testing.fake_vllm --config config.yaml``, run as written in that folder."""
     folder = tmp_path_factory.mktemp("readme")
-    servers = {
-        name: FakeVLLM(route["model"], name=name, max_model_len=32768, latency=0.002)
-        for name, route in README_ROUTES.items()
+    spare = free_port()
+    replacements: dict[str, str] = {}
+    ports = []
+    for route in README_ROUTES.values():
+        port, new = httpx.URL(route["base_url"]).port, free_port()
+        ports.append(new)
+        replacements[f"127.0.0.1:{port}"] = f"127.0.0.1:{new}"
+        replacements[f"--port {port}"] = f"--port {spare}"
+
+    def substitute(text: str) -> str:
+        for old, new in replacements.items():
+            text = text.replace(old, new)
+        return text
+
+    (folder / "config.yaml").write_text(substitute(CONFIG_YAML))
+    (folder / "scripts").symlink_to(ROOT / "scripts")
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("VLLM_", "LLM_")) and key not in ("CONC", "NREQ")
     }
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env["NO_COLOR"] = "1"
+    (command,) = re.findall(r"`(python -m llm\.testing\.fake_vllm --config [^`]*)`", README)
+    fleet = subprocess.Popen(
+        [sys.executable, *shlex.split(command)[1:]],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        for server in servers.values():
-            server.start()
-        spare = free_port()
-        replacements: dict[str, str] = {}
-        for name, route in README_ROUTES.items():
-            port = httpx.URL(route["base_url"]).port
-            replacements[f"127.0.0.1:{port}"] = f"127.0.0.1:{servers[name].port}"
-            replacements[f"--port {port}"] = f"--port {spare}"
-
-        def substitute(text: str) -> str:
-            for old, new in replacements.items():
-                text = text.replace(old, new)
-            return text
-
-        (folder / "config.yaml").write_text(substitute(CONFIG_YAML))
-        (folder / "scripts").symlink_to(ROOT / "scripts")
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if not key.startswith(("VLLM_", "LLM_")) and key not in ("CONC", "NREQ")
-        }
-        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-        env["NO_COLOR"] = "1"
+        deadline = time.monotonic() + 15
+        for port in ports:
+            while True:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert fleet.poll() is None, "the README's fake fleet exited"
+                assert time.monotonic() < deadline, "the README's fake fleet never answered"
+                time.sleep(0.1)
         yield Site(folder, substitute, env)
     finally:
-        for server in servers.values():
-            server.stop()
+        fleet.terminate()
+        fleet.wait(10)
 
 
 def test_the_readme_has_the_examples_these_tests_expect():
@@ -204,7 +220,7 @@ def test_the_quickstart_demo_runs(site: Site):
 
 
 def test_the_fake_server_command_serves(site: Site):
-    (command,) = re.findall(r"`(python -m llm\.testing\.fake_vllm [^`]*)`", README)
+    (command,) = re.findall(r"`(python -m llm\.testing\.fake_vllm --port [^`]*)`", README)
     words = shlex.split(site.substitute(command))
     port = int(words[words.index("--port") + 1])
     model = words[words.index("--model") + 1]
