@@ -10,7 +10,12 @@ and LangChain's ``ChatOpenAI`` get the same routing without code of their own.
 - The body's ``model`` picks the pool; a model no route serves gets an OpenAI-shaped 404.
 - Final error statuses come back as responses (the SDK turns them into its own errors); when
   no route answered at all, ``RoutesUnavailableError`` (an ``httpx.ConnectError`` and an
-  ``LLMError``) is raised.
+  ``LLMError``) is raised, or ``RoutesTimeoutError`` (an ``httpx.ReadTimeout``) when the
+  call's deadline passed.
+- Endpoints other than (chat) completions: a 404 is the request's fault (the server lacks
+  the endpoint), and the call never goes to the fallback route (another model).
+- The request's own timeout (the SDK's ``timeout=``) is the call's deadline when shorter than
+  the config's.
 - Streams are handed over once their first token has arrived, so a route that dies before
   that is failed over transparently.
 - ``response.extensions["llm_route"]`` and ``["llm_attempts"]`` say where the answer came from.
