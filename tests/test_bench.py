@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from llm.cli.bench import Progress, progress_line, settings_from
+from llm.cli.bench import Progress, progress_line, settings_from, target_source
 from llm.cli.bench_report import distribution_ms, percentile, summarize
 from llm.cli.loadtest import BenchSettings, CallRecord
 from llm.config import parse_config
@@ -176,6 +176,20 @@ def test_the_server_variable_is_the_configs_name_or_the_seeds():
     assert settings_from(namespace(), new).base_url == "http://u:1/v1"
     assert settings_from(namespace(), old).base_url == "http://s:1/v1"
     assert settings_from(namespace(), {**new, **old}).base_url == "http://u:1/v1"
+
+
+def test_the_target_is_found_as_the_healthcheck_finds_the_config(tmp_path):
+    local = tmp_path / "config.yaml"
+    server = {"VLLM_BASE_URL": "http://u:1/v1"}
+    # no config.yaml here: one server, at $VLLM_BASE_URL or the default
+    assert target_source(None, {}, str(tmp_path)) is None
+    assert target_source(None, server, str(tmp_path)) is None
+    local.write_text("llm: {}")
+    assert target_source(None, {}, str(tmp_path)) == str(local)
+    assert target_source(None, server, str(tmp_path)) is None  # the variable names a server
+    chosen = {"LLM_CONFIG": "/etc/llm.yaml", **server}  # the config, overridden by the variable
+    assert target_source(None, chosen, str(tmp_path)) == "/etc/llm.yaml"
+    assert target_source("given.yaml", chosen, str(tmp_path)) == "given.yaml"
 
 
 @pytest.mark.parametrize(

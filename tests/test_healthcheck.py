@@ -27,12 +27,13 @@ from llm.cli.healthcheck import (
     Report,
     _use_color,
     exit_code,
+    fit_warnings,
     main,
     render_human,
     render_json,
     run_checks,
 )
-from llm.config import load_config
+from llm.config import load_config, parse_config
 from llm.factory import LLMFactory
 from llm.probes.check import RouteCheck
 from llm.testing import FakeVLLM
@@ -52,6 +53,7 @@ ROUTE_KEYS = {
     "models",
     "max_model_len",
     "error",
+    "warnings",
 }
 
 
@@ -358,6 +360,67 @@ def test_a_route_serving_another_model_is_unhealthy(tmp_path, fleet):
     wrong = report.checks[1]
     assert wrong.healthy is False and wrong.models == ["small"]
     assert wrong.error == "model 'tiny' not served (serves: small)"
+
+
+def test_a_base_url_without_v1_is_named_as_requested(tmp_path, fleet):
+    # /health beside the base_url's /v1 only; the models list at base_url + /models
+    report = report_for(
+        tmp_path,
+        {"bare": route(fleet["a"].url), "prefixed": route(fleet["b"].url + "/openai/v1")},
+    )
+    bare, prefixed = report.checks
+    assert bare.health_ms is not None  # GET /health answered
+    assert bare.error == "/models answered HTTP 404 (check the route's base_url: vLLM's ends in /v1)"
+    assert prefixed.error == "/openai/health answered HTTP 404"
+
+
+def test_a_window_too_small_for_params_max_tokens_is_warned_of(tmp_path, fleet):
+    routes = {
+        "a": route(fleet["a"].base_url),  # the fake's window: 512
+        "fb": route(fleet["fb"].base_url, "small"),  # 2048
+        "said": route(fleet["b"].base_url, max_model_len=8192),  # the config's word wins
+    }
+    path = write_config(tmp_path / "c.yaml", routes, params={"max_tokens": 1500})
+    report = run_checks(load_config(path), 1.0)
+    assert exit_code(report) == 0  # a warning, not a failure
+    assert report.warnings == {
+        "a": (
+            "params.max_tokens 1500 >= max_model_len 512: the server refuses every call "
+            "(lower params.max_tokens, or start the server with a larger --max-model-len)",
+        ),
+        "fb": (
+            "params.max_tokens 1500 leaves 548 tokens of max_model_len 2048 for the prompt: "
+            "a call with a longer prompt is refused",
+        ),
+    }
+    assert "warning  params.max_tokens 1500 >= max_model_len 512" in render_human(report, False)
+    document = json.loads(render_json(report))
+    assert [entry["warnings"] for entry in document["routes"]] == [
+        list(report.warnings["a"]),
+        list(report.warnings["fb"]),
+        [],
+    ]
+
+
+@pytest.mark.parametrize(
+    ("params", "window", "warned"),
+    [
+        ({"max_tokens": 1024}, 2048, False),  # 1024 + a typical prompt of 1024 fit exactly
+        ({"max_tokens": 1025}, 2048, True),
+        ({"max_completion_tokens": 2048}, 2048, True),
+        ({}, 16, False),  # no max_tokens in the config: each call says its own
+        ({"max_tokens": 4096}, None, False),  # window unknown (a failed check)
+    ],
+)
+def test_fit_warnings_rule(params, window, warned):
+    config = parse_config(
+        {"llm": {"routes": {"r": {"base_url": "http://h/v1", "model": "m"}}, "params": params}}
+    )
+    check = RouteCheck("r", "http://h/v1", "m", healthy=True, max_model_len=window)
+    warnings = fit_warnings(config, [check])
+    assert bool(warnings) is warned
+    if warned:
+        assert warnings["r"][0].startswith(f"params.{next(iter(params))} ")
 
 
 def test_a_hung_route_is_reported_after_the_timeout(tmp_path, fleet, hung_url):

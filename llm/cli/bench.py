@@ -4,6 +4,10 @@ Settings come from flags over environment variables (``VLLM_BASE_URL``, as the c
 it, or the seed's ``VLLM_BASE``; ``VLLM_MODEL``, ``CONC``, ``NREQ``) over defaults. The JSON
 report goes to stdout (and ``--json-out``), a progress bar to stderr when it is a terminal.
 
+The target (``target_source``): ``--config PATH``, else ``$LLM_CONFIG`` (as the library and the
+healthcheck read them); else one server, when ``VLLM_BASE_URL`` (or ``VLLM_BASE``) names it;
+else ``./config.yaml`` when there is one; else one server at ``DEFAULT_BASE_URL``.
+
 Exit code: 0 when every call succeeded, 1 when some failed, 2 on a bad setting or config,
 130 when interrupted.
 """
@@ -101,6 +105,20 @@ def _positive_int(name: str, text: str) -> int:
     return value
 
 
+def target_source(
+    config_flag: str | None, environ: Mapping[str, str], cwd: str | None = None
+) -> str | None:
+    """The config file to benchmark, or ``None`` for one server (see the module's text)."""
+    if config_flag is not None:
+        return config_flag
+    if environ.get("LLM_CONFIG"):  # then VLLM_BASE_URL is the config's override, as ever
+        return environ["LLM_CONFIG"]
+    if environ.get("VLLM_BASE_URL") or environ.get("VLLM_BASE"):
+        return None
+    local = os.path.join(cwd if cwd is not None else os.getcwd(), "config.yaml")
+    return local if os.path.isfile(local) else None
+
+
 def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> BenchSettings:
     """Flags over environment variables over defaults. Raises ``ConfigError``."""
     defaults = BenchSettings()
@@ -119,7 +137,7 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Bench
         max_tokens=_positive_int("--max-tokens", str(args.max_tokens)),
         prompt=args.prompt,
         api=args.api,
-        config_path=args.config,
+        config_path=target_source(args.config, environ),
         base_url=environ.get("VLLM_BASE_URL") or environ.get("VLLM_BASE") or DEFAULT_BASE_URL,
         model=environ.get("VLLM_MODEL") or None,
     )
@@ -130,16 +148,22 @@ def parser() -> argparse.ArgumentParser:
         prog="bench_vllm",
         description=(
             "Load test through the llm-routes provider; prints a JSON report on stdout. "
-            "Target: every route of --config, else one server at $VLLM_BASE_URL (or $VLLM_BASE) "
-            f"(default {DEFAULT_BASE_URL}) serving $VLLM_MODEL (default: the first model it "
-            "lists). Exit code 0 when every call succeeded, 1 when some failed, 2 on a bad "
-            "setting."
+            "Target: the default pool and fallback of --config, else of $LLM_CONFIG; else one "
+            "server at $VLLM_BASE_URL (or $VLLM_BASE) when set; else the routes of "
+            f"./config.yaml when there is one; else one server at {DEFAULT_BASE_URL}. A single "
+            "server serves "
+            "$VLLM_MODEL (default: the first model it lists). Exit code 0 when every call "
+            "succeeded, 1 when some failed, 2 on a bad setting."
         ),
         epilog="--demo runs the built-in demo on local fake vLLM servers instead "
         "(see `--demo --help`).",
     )
     cli.add_argument("--demo", action="store_true", help="run the demo on fake local servers")
-    cli.add_argument("--config", help="a config file: benchmark its default pool and fallback")
+    cli.add_argument(
+        "--config",
+        help="a config file: benchmark its default pool and fallback (default: $LLM_CONFIG; "
+        "else ./config.yaml unless $VLLM_BASE_URL is set)",
+    )
     cli.add_argument("--concurrency", type=int, help="calls in flight (env CONC, default 64)")
     cli.add_argument("--requests", type=int, help="calls to make (env NREQ, default 256)")
     cli.add_argument("--stream", action="store_true", help="stream the answers (adds ttft_ms)")

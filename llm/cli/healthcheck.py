@@ -12,7 +12,10 @@ How this works
    bounded by ``timeout``), and the provider is closed. The result is a ``Report``: the config
    summary, one ``RouteCheck`` per route (healthy, total / per-request latency, models served,
    ``max_model_len``, the reason when unhealthy) and the time of the check. API keys and header
-   values are scrubbed from every text, and a password in a URL is masked.
+   values are scrubbed from every text, and a password in a URL is masked. ``fit_warnings``
+   adds a warning for a route whose context window cannot hold the config's
+   ``params.max_tokens`` plus a typical prompt (``TYPICAL_PROMPT_TOKENS``): its calls would be
+   refused, which /health cannot show. Warnings do not change the exit status.
 3. **Output** (pure: ``render_human``, ``render_json``, ``exit_code``). Human output is one
    block per route and a ``N/M routes healthy`` line, in colour only when stdout is a terminal
    and ``NO_COLOR`` is not set. ``--json`` prints one JSON document and nothing else on stdout.
@@ -50,6 +53,7 @@ __all__ = [
     "Report",
     "build_parser",
     "exit_code",
+    "fit_warnings",
     "main",
     "render_human",
     "render_json",
@@ -61,6 +65,7 @@ EXIT_HEALTHY = 0
 EXIT_UNHEALTHY = 1
 EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 130
+TYPICAL_PROMPT_TOKENS = 1024  # a chat prompt with a system message and a few turns
 
 _ENV_OVERRIDES = ("VLLM_BASE_URL", "VLLM_MODEL", "VLLM_API_KEY")
 
@@ -80,6 +85,7 @@ class Report:
     checked_at: datetime
     timeout: float = DEFAULT_TIMEOUT
     env: tuple[str, ...] = ()  # names (never values) of the env variables that shaped the config
+    warnings: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
     @property
     def healthy(self) -> int:
@@ -92,6 +98,35 @@ class Report:
 
 def _iso(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def fit_warnings(config: LLMConfig, checks: Sequence[RouteCheck]) -> dict[str, tuple[str, ...]]:
+    """Per route, what its context window (the config's ``max_model_len``, else what the
+    check learned) says about the config's ``params.max_tokens``: a window no larger than
+    ``max_tokens`` refuses every call; one that leaves less than ``TYPICAL_PROMPT_TOKENS`` for
+    the prompt refuses the calls with longer prompts."""
+    asked = config.params.get("max_tokens", config.params.get("max_completion_tokens"))
+    if not isinstance(asked, int) or isinstance(asked, bool) or asked <= 0:
+        return {}
+    key = "max_tokens" if "max_tokens" in config.params else "max_completion_tokens"
+    found: dict[str, tuple[str, ...]] = {}
+    for check in checks:
+        route = config.routes.get(check.route)
+        window = route.max_model_len if route is not None else None
+        window = window if window is not None else check.max_model_len
+        if window is None:
+            continue
+        if asked >= window:
+            found[check.route] = (
+                f"params.{key} {asked} >= max_model_len {window}: the server refuses every "
+                f"call (lower params.{key}, or start the server with a larger --max-model-len)",
+            )
+        elif asked + TYPICAL_PROMPT_TOKENS > window:
+            found[check.route] = (
+                f"params.{key} {asked} leaves {window - asked} tokens of max_model_len "
+                f"{window} for the prompt: a call with a longer prompt is refused",
+            )
+    return found
 
 
 def run_checks(
@@ -130,6 +165,7 @@ def run_checks(
         checked_at=checked_at,
         timeout=timeout,
         env=tuple(env),
+        warnings=fit_warnings(config, clean),
     )
 
 
@@ -162,6 +198,7 @@ def report_dict(report: Report) -> dict[str, Any]:
                 "models": list(check.models),
                 "max_model_len": check.max_model_len,
                 "error": check.error,
+                "warnings": list(report.warnings.get(check.route, ())),
             }
             for check in report.checks
         ],
@@ -195,6 +232,9 @@ class _Style:
 
     def red(self, text: str) -> str:
         return self._wrap("31", text)
+
+    def yellow(self, text: str) -> str:
+        return self._wrap("33", text)
 
 
 def _printable(text: str) -> str:
@@ -234,6 +274,8 @@ def _route_block(check: RouteCheck, report: Report, style: _Style) -> list[str]:
         row("serves", _printable(", ".join(check.models)))
     if check.error:
         row("error", style.red(_printable(check.error)))
+    for warning in report.warnings.get(check.route, ()):
+        row("warning", style.yellow(warning))
     return lines
 
 
@@ -269,12 +311,14 @@ _EPILOG = """\
 The config is --config PATH, else $LLM_CONFIG, else ./config.yaml; VLLM_BASE_URL and
 VLLM_MODEL override the default route, VLLM_API_KEY is the key of routes that set none.
 Each route gets GET /health, then GET /v1/models (which must list the route's model); all
-routes are checked at once.
+routes are checked at once. A route whose context window (max_model_len) cannot hold
+params.max_tokens plus a typical prompt (1024 tokens) gets a warning; warnings do not change
+the exit status.
 
 --json prints one JSON document on stdout and nothing else:
   {"config": {source, default_route, fallback_route, lb_policy},
    "routes": [{name, base_url, model, healthy, latency_ms, health_ms, models_ms,
-               models, max_model_len, error}],
+               models, max_model_len, error, warnings}],
    "summary": {healthy, total}, "checked_at": ISO-8601 UTC}
 With --watch, --json prints one such document per round, one per line (JSON Lines).
 

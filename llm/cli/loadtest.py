@@ -97,8 +97,8 @@ def _served_model(base_url: str) -> str:
     if not check.models:
         raise ConfigError(
             f"VLLM_MODEL is unset and {base_url} did not list its models "
-            f"({check.error}); set VLLM_MODEL or VLLM_BASE",
-            key_path="VLLM_BASE",
+            f"({check.error}); set VLLM_MODEL, or VLLM_BASE_URL to another server",
+            key_path="VLLM_BASE_URL",
         )
     return check.models[0]
 

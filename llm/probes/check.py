@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..config import RouteConfig
 from ..config.redact import Redactor
@@ -71,6 +72,35 @@ def new_check(route: RouteConfig) -> RouteCheck:
     return RouteCheck(route.name, route.shown_url, route.model)
 
 
+@dataclass(frozen=True, slots=True)
+class CheckPaths:
+    """The two requests of a check, as URLs, and as the paths its texts name: a ``base_url``
+    ``http://h:8000/v1`` gives ``/health`` and ``/v1/models``, ``http://h:8000/openai`` gives
+    ``/health`` and ``/openai/models`` (``/health`` sits beside a trailing ``/v1`` only)."""
+
+    health_url: str
+    models_url: str
+    health: str
+    models: str
+    lacks_v1: bool  # base_url does not end in /v1: the usual cause of a 404 on models
+
+    @classmethod
+    def of(cls, route: RouteConfig) -> CheckPaths:
+        health_url = route.server_url + "/health"
+        models_url = route.base_url + "/models"
+        return cls(
+            health_url,
+            models_url,
+            _path(health_url),
+            _path(models_url),
+            not route.base_url.endswith("/v1"),
+        )
+
+
+def _path(url: str) -> str:
+    return urlsplit(url).path or "/"
+
+
 def elapsed_ms(since: float) -> float:
     """Milliseconds since a reading of ``time.perf_counter``, rounded for reports."""
     return round((time.perf_counter() - since) * 1000.0, 2)
@@ -89,14 +119,20 @@ def judge_check(
     models_status: int,
     body: bytes,
     content_type: str | None = None,
+    paths: CheckPaths | None = None,
 ) -> None:
-    """Fill in ``check`` from the two statuses and the /v1/models body."""
+    """Fill in ``check`` from the two statuses and the models body; texts name ``paths``
+    (default: ``/health`` and ``/v1/models``)."""
+    health_path = "/health" if paths is None else paths.health
+    models_path = "/v1/models" if paths is None else paths.models
     if health_status != 200:
-        check.error = f"/health answered HTTP {health_status}"
+        check.error = f"{health_path} answered HTTP {health_status}"
         return
     if models_status != 200:
         hint = _STATUS_HINTS.get(models_status, "")
-        check.error = f"/v1/models answered HTTP {models_status}{hint}"
+        if models_status == 404 and paths is not None and paths.lacks_v1:
+            hint = " (check the route's base_url: vLLM's ends in /v1)"
+        check.error = f"{models_path} answered HTTP {models_status}{hint}"
         return
     try:
         data = parse_json(body)
@@ -109,7 +145,7 @@ def judge_check(
         check.models = models
     except (ValueError, KeyError, TypeError):
         what = _media_type(content_type) or ("empty body" if not body.strip() else "")
-        check.error = "/v1/models answered something that is not a model list" + (
+        check.error = f"{models_path} answered something that is not a model list" + (
             f" ({what})" if what else ""
         )
         return
@@ -123,7 +159,10 @@ def judge_check(
     check.healthy = True
 
 
-def failed_check(check: RouteCheck, exc: BaseException, timeout: float, step: str) -> None:
-    """``check`` failed at ``step`` with ``exc``: say why (masked later, with every text)."""
+def failed_check(
+    check: RouteCheck, exc: BaseException, timeout: float, step: str, first: bool = True
+) -> None:
+    """``check`` failed at ``step`` with ``exc``: say why (masked later, with every text).
+    A failure of the ``first`` request is the route's failure and says only why."""
     reason = describe_failure(exc, timeout)
-    check.error = reason if step == "/health" else f"{step}: {reason}"
+    check.error = reason if first else f"{step}: {reason}"

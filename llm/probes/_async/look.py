@@ -18,6 +18,7 @@ from ...send._async.read import read_body
 from ...send.protocols import AsyncSender, Request
 from ..check import (
     CAP,
+    CheckPaths,
     CheckSettings,
     RouteCheck,
     elapsed_ms,
@@ -36,21 +37,24 @@ async def acheck_route(
     times = (timeout, timeout, timeout)  # the whole request, connecting, each read
     clock = time.perf_counter
     started = clock()
-    step = "/health"
+    paths = CheckPaths.of(route)
+    step, first = paths.health, True
     try:
         async with sender.bounded(timeout, False):
-            url = route.server_url + "/health"
-            health = await sender.send(Request(route, "GET", url, headers, None, *times))
+            health = await sender.send(
+                Request(route, "GET", paths.health_url, headers, None, *times)
+            )
             try:
                 await read_body(health, route.name, limit, clock, started, timeout, CAP)
             finally:
                 await health.aclose()
         check.health_ms = elapsed_ms(started)
-        step = "/v1/models"
+        step, first = paths.models, False
         models_started = clock()
         async with sender.bounded(timeout, False):
-            url = route.base_url + "/models"
-            models = await sender.send(Request(route, "GET", url, headers, None, *times))
+            models = await sender.send(
+                Request(route, "GET", paths.models_url, headers, None, *times)
+            )
             try:
                 body = await read_body(
                     models, route.name, limit, clock, models_started, timeout, CAP
@@ -60,9 +64,9 @@ async def acheck_route(
         check.models_ms = elapsed_ms(models_started)
         check.latency_ms = elapsed_ms(started)
         content_type = models.headers.get("content-type")
-        judge_check(check, health.status_code, models.status_code, body, content_type)
+        judge_check(check, health.status_code, models.status_code, body, content_type, paths)
     except Exception as exc:  # noqa: BLE001 - a check reports every failure, never raises
-        failed_check(check, exc, timeout, step)
+        failed_check(check, exc, timeout, step, first)
     redact = settings.redact  # a server's or a library's words: masked
     if check.error is not None:
         check.error = redact.text(check.error)
