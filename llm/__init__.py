@@ -20,8 +20,10 @@ here would cost more than all the rest of ``import llm``. When loguru is already
 runs now. Otherwise ``_SilenceLoguruOnImport``, a finder put first in ``sys.meta_path``, waits
 for the first ``import loguru`` (the application's or the library's own, whichever comes
 first) and has loguru's loader run it right after loguru's module has executed, before the
-importer gets the module; then it takes itself out. So, exactly as when loguru was imported here,
-an application's ``logger.enable("llm")`` after ``import llm`` wins, and one before it does not.
+importer gets the module; then it takes itself out. So an application's
+``logger.enable("llm")`` after ``import llm`` wins, and so does one before it: what loguru's
+activation list (a private attribute, read defensively: if loguru changes it, the library
+stays silent, as it must) said of ``llm`` and its modules is said again after the silencing.
 """
 
 from __future__ import annotations
@@ -173,7 +175,7 @@ class _SilenceAfter(_LoaderBase):
             module.__spec__.loader = self.loader
         self.loader.exec_module(module)
         sys.meta_path[:] = [finder for finder in sys.meta_path if not _is_hook(finder)]
-        module.logger.disable(__name__)
+        _silence(module.logger)
 
     def __getattr__(self, name: str) -> Any:
         if name == "loader":  # not set yet: no recursion
@@ -186,7 +188,23 @@ def _is_hook(finder: object) -> bool:
     return type(finder).__name__ == "_SilenceLoguruOnImport"
 
 
+def _silence(logger: Any) -> None:
+    """``logger.disable("llm")``, then what the application said of ``llm`` and its modules
+    before (``enable("llm")``, ``enable("llm.send")``, ...) said again, shallowest first."""
+    core = getattr(logger, "_core", None)
+    said: list[tuple[str, bool]] = []
+    try:
+        for name, status in getattr(core, "activation_list", None) or ():
+            if isinstance(name, str) and (name + ".").startswith(f"{__name__}."):
+                said.append((name.rstrip("."), bool(status)))
+    except (TypeError, ValueError):  # not the list of pairs loguru 0.7 keeps: stay silent
+        said = []
+    logger.disable(__name__)
+    for name, status in sorted(said, key=lambda entry: entry[0].count(".")):
+        (logger.enable if status else logger.disable)(name)
+
+
 if "loguru" in sys.modules:
-    sys.modules["loguru"].logger.disable(__name__)
+    _silence(sys.modules["loguru"].logger)
 elif not any(_is_hook(finder) for finder in sys.meta_path):
     sys.meta_path.insert(0, _SilenceLoguruOnImport())

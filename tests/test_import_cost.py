@@ -97,7 +97,14 @@ ENABLE = "from loguru import logger\nlogger.enable('llm')\n"
         ("import llm\n" + ENABLE + "llm.LLMFactory\n" + EJECT, True),
         ("import llm.factory\n" + ENABLE + EJECT, True),
         ("import loguru\nimport llm\n" + EJECT, False),
-        (ENABLE + "import llm\n" + EJECT, False),  # import llm silences the library
+        (ENABLE + "import llm\n" + EJECT, True),  # the application's word stands
+        (ENABLE + "logger.disable('llm')\nimport llm\n" + EJECT, False),
+        ("from loguru import logger\nlogger.enable('llm.send')\nimport llm\n" + EJECT, True),
+        (
+            "from loguru import logger\nlogger.enable('llm.routing')\nimport llm\n" + EJECT,
+            False,  # the ejection is logged by llm.send.log
+        ),
+        (ENABLE + "logger.disable('llm.send')\nimport llm\n" + EJECT, False),
         ("import importlib.util, llm\nimportlib.util.find_spec('loguru')\n" + EJECT, False),
     ],
     ids=[
@@ -109,6 +116,10 @@ ENABLE = "from loguru import logger\nlogger.enable('llm')\n"
         "factory-then-enable",
         "loguru-first",
         "enable-before-import",
+        "enable-then-disable-before-import",
+        "enable-a-submodule-before-import",
+        "enable-another-submodule-before-import",
+        "enable-then-disable-a-submodule-before-import",
         "loguru-looked-up-first",
     ],
 )
