@@ -180,6 +180,43 @@ def test_another_endpoint_never_goes_to_the_fallbacks_model(with_fallback, flavo
     assert chat.status_code == 200 and chat.extensions["llm_route"] == "small"  # a chat may
 
 
+def test_the_model_list_is_the_fleets_as_list_models_says(with_fallback, flavor):
+    """models.list() once answered one route's list: one model of the two served."""
+    with fallback_provider(with_fallback) as provider:
+        client = sdk_client(provider, flavor)
+        listed = client.models.list()
+        both = provider.list_models()
+        one = client.models.retrieve("small")
+        with pytest.raises(openai.NotFoundError, match="no route serves model"):
+            client.models.retrieve("gpt-unknown")
+        with_fallback["small"].down()  # a pool that fails is left out, as list_models does
+        without_small = [model.id for model in client.models.list()]
+        expected = provider.list_models()
+    ids = [model.id for model in listed.data]
+    assert ids == ["tiny", "small"] and sorted(ids) == both
+    assert listed.data[0].owned_by == "vllm"  # the servers' own entries, kept whole
+    assert one.id == "small" and one.owned_by == "vllm"  # vLLM has no /v1/models/{id}
+    assert "/v1/models/small" not in [r.path for r in with_fallback["small"].requests]
+    assert without_small == expected == ["tiny"]
+
+
+async def test_the_async_model_list_asks_every_pool(with_fallback, flavor):
+    async with fallback_provider(with_fallback) as provider:
+        client = openai.AsyncOpenAI(
+            base_url="http://llm-routes/v1",
+            api_key="unused",
+            http_client=provider.async_http_client(flavor=flavor),
+            max_retries=0,
+        )
+        ids = [model.id async for model in client.models.list()]
+        for server in with_fallback.values():
+            server.down()
+        with pytest.raises(openai.APIConnectionError):  # no pool answered: nothing to list
+            await client.models.list()
+        await client.close()
+    assert ids == ["tiny", "small"]
+
+
 def test_the_sdks_timeout_is_the_calls_deadline(servers, flavor):
     servers["a"].set_latency(2.0)
     servers["b"].set_latency(2.0)

@@ -14,6 +14,8 @@ and LangChain's ``ChatOpenAI`` get the same routing without code of their own.
   call's deadline passed.
 - Endpoints other than (chat) completions: a 404 is the request's fault (the server lacks
   the endpoint), and the call never goes to the fallback route (another model).
+- ``GET /v1/models`` lists every model of the fleet, and ``GET /v1/models/{id}`` (which
+  vLLM lacks) is answered from the list of ``id``'s pool (``model_list.py``).
 - The request's own timeout (the SDK's ``timeout=``) is the call's deadline when shorter than
   the config's.
 - Streams are handed over once their first token has arrived, so a route that dies before
@@ -24,13 +26,15 @@ and LangChain's ``ChatOpenAI`` get the same routing without code of their own.
   SDK. Like every header of the client's, it is not sent on to the server.
 
 Two packages speak this API: ``httpx`` (openai 2.x, LangChain with openai 2) and its
-successor ``httpx2`` (openai 3). The functions here take the package (``hx``) as an argument
-and work for both; the classes below are httpx's, ``transport_httpx2.py`` has httpx2's.
+successor ``httpx2`` (openai 3). The functions here (``handle`` / ``ahandle`` do a request's
+whole work) take the package (``hx``) as an argument and work for both; the classes below are
+httpx's, ``transport_httpx2.py`` has httpx2's, each a few lines around those functions.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any, cast
 
 import httpx
@@ -49,6 +53,7 @@ from ._async.engine import AsyncEngine
 from ._async.stream import AsyncStream
 from ._sync.engine import SyncEngine
 from ._sync.stream import SyncStream
+from .model_list import Listed, Listing, listing_of, merged_listing
 
 __all__ = [
     "SESSION_HEADER",
@@ -105,7 +110,7 @@ def spec_for(request: Any, content: bytes, deadline: float) -> CallSpec:
     elif endpoint.endswith("/completions"):
         expect = "completion"
     session = request.headers.get(SESSION_HEADER) or None
-    return CallSpec(
+    spec = CallSpec(
         deadline=_deadline(request, deadline),
         fallback=expect is not None,  # an embedding is never answered by another model
         path=path,
@@ -118,6 +123,7 @@ def spec_for(request: Any, content: bytes, deadline: float) -> CallSpec:
         stream=stream,
         expect=expect,
     )
+    return spec
 
 
 def _headers_of(headers: Mapping[str, str]) -> list[tuple[str, str]]:
@@ -190,7 +196,75 @@ def routed(
     return response
 
 
-_ERRORS = (RoutesUnavailableError, RoutesTimeoutError)
+Errors = tuple[type[Exception], type[Exception]]  # (unavailable, timed out) of the package
+StreamBody = Callable[[Any], Any]  # an open stream -> the package's byte stream over it
+
+
+def listing(hx: Any, request: Any, asked: Listing, answers: list[Listed], errors: Errors) -> Any:
+    """The ``hx.Response`` for ``GET /v1/models``: the pools' lists joined (or the entry
+    ``GET /v1/models/{id}`` asked for)."""
+    merged = merged_listing(answers, asked.wanted)
+    if isinstance(merged, LLMError):
+        return error_response(hx, request, merged, *errors)
+    body, attempts = merged
+    response = hx.Response(
+        200, headers={"content-type": "application/json"}, content=body, request=request
+    )
+    response.extensions["llm_attempts"] = attempts
+    return response
+
+
+def handle(
+    hx: Any, engine: SyncEngine, request: Any, content: bytes, body: StreamBody, errors: Errors
+) -> Any:
+    """One request of a sync client, routed: the ``hx.Response`` to hand back."""
+    spec = spec_for(request, content, engine.config.deadline)
+    try:
+        asked = listing_of(engine.config, spec)
+        if asked is not None:
+            answers = [_listed(engine.request, call) for call in asked.calls]
+            return listing(hx, request, asked, answers, errors)
+        if spec.stream:
+            stream = engine.open_stream(spec)
+            return routed(hx, request, stream, body(stream))
+        return routed(hx, request, engine.request(spec))
+    except LLMError as error:
+        return error_response(hx, request, error, *errors)
+
+
+async def ahandle(
+    hx: Any, engine: AsyncEngine, request: Any, content: bytes, body: StreamBody, errors: Errors
+) -> Any:
+    """The async twin of ``handle``; the pools of a model list are asked at once."""
+    spec = spec_for(request, content, engine.config.deadline)
+    try:
+        asked = listing_of(engine.config, spec)
+        if asked is not None:
+            answers = await asyncio.gather(*(_alisted(engine.request, c) for c in asked.calls))
+            return listing(hx, request, asked, list(answers), errors)
+        if spec.stream:
+            stream = await engine.open_stream(spec)
+            return routed(hx, request, stream, body(stream))
+        return routed(hx, request, await engine.request(spec))
+    except LLMError as error:
+        return error_response(hx, request, error, *errors)
+
+
+def _listed(ask: Callable[[CallSpec], Reply], spec: CallSpec) -> Listed:
+    try:
+        return ask(spec)
+    except LLMError as error:
+        return error
+
+
+async def _alisted(ask: Callable[[CallSpec], Any], spec: CallSpec) -> Listed:
+    try:
+        return cast(Reply, await ask(spec))
+    except LLMError as error:
+        return error
+
+
+_ERRORS: Errors = (RoutesUnavailableError, RoutesTimeoutError)
 
 
 class RoutingTransport(httpx.BaseTransport):
@@ -198,14 +272,10 @@ class RoutingTransport(httpx.BaseTransport):
         self._engine = engine
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        spec = spec_for(request, request.read(), self._engine.config.deadline)
-        try:
-            if spec.stream:
-                stream = self._engine.open_stream(spec)
-                return cast(httpx.Response, routed(httpx, request, stream, _SyncStreamBody(stream)))
-            return cast(httpx.Response, routed(httpx, request, self._engine.request(spec)))
-        except LLMError as error:
-            return cast(httpx.Response, error_response(httpx, request, error, *_ERRORS))
+        content = request.read()
+        return cast(
+            httpx.Response, handle(httpx, self._engine, request, content, _SyncStreamBody, _ERRORS)
+        )
 
     def close(self) -> None:
         """Nothing to do: the provider owns the connections (close the provider instead)."""
@@ -216,16 +286,9 @@ class AsyncRoutingTransport(httpx.AsyncBaseTransport):
         self._engine = engine
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        spec = spec_for(request, await request.aread(), self._engine.config.deadline)
-        try:
-            if spec.stream:
-                stream = await self._engine.open_stream(spec)
-                return cast(
-                    httpx.Response, routed(httpx, request, stream, _AsyncStreamBody(stream))
-                )
-            return cast(httpx.Response, routed(httpx, request, await self._engine.request(spec)))
-        except LLMError as error:
-            return cast(httpx.Response, error_response(httpx, request, error, *_ERRORS))
+        content = await request.aread()
+        answer = await ahandle(httpx, self._engine, request, content, _AsyncStreamBody, _ERRORS)
+        return cast(httpx.Response, answer)
 
     async def aclose(self) -> None:
         """Nothing to do: the provider owns the connections (close the provider instead)."""

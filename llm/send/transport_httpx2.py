@@ -19,7 +19,7 @@ from ._async.engine import AsyncEngine
 from ._async.stream import AsyncStream
 from ._sync.engine import SyncEngine
 from ._sync.stream import SyncStream
-from .transport import error_response, routed, spec_for
+from .transport import Errors, ahandle, handle
 
 __all__ = [
     "AsyncRoutingTransport2",
@@ -37,7 +37,7 @@ class Routes2TimeoutError(httpx2.ReadTimeout, LLMError):
     """The call's deadline passed before any route answered (the SDK's APITimeoutError)."""
 
 
-_ERRORS = (Routes2UnavailableError, Routes2TimeoutError)
+_ERRORS: Errors = (Routes2UnavailableError, Routes2TimeoutError)
 
 
 class RoutingTransport2(httpx2.BaseTransport):
@@ -45,14 +45,10 @@ class RoutingTransport2(httpx2.BaseTransport):
         self._engine = engine
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        spec = spec_for(request, request.read(), self._engine.config.deadline)
-        try:
-            if spec.stream:
-                stream = self._engine.open_stream(spec)
-                return cast(httpx2.Response, routed(httpx2, request, stream, _SyncBody(stream)))
-            return cast(httpx2.Response, routed(httpx2, request, self._engine.request(spec)))
-        except LLMError as error:
-            return cast(httpx2.Response, error_response(httpx2, request, error, *_ERRORS))
+        content = request.read()
+        return cast(
+            httpx2.Response, handle(httpx2, self._engine, request, content, _SyncBody, _ERRORS)
+        )
 
     def close(self) -> None:
         """Nothing to do: the provider owns the connections (close the provider instead)."""
@@ -63,15 +59,9 @@ class AsyncRoutingTransport2(httpx2.AsyncBaseTransport):
         self._engine = engine
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        spec = spec_for(request, await request.aread(), self._engine.config.deadline)
-        try:
-            if spec.stream:
-                stream = await self._engine.open_stream(spec)
-                return cast(httpx2.Response, routed(httpx2, request, stream, _AsyncBody(stream)))
-            answer = await self._engine.request(spec)
-            return cast(httpx2.Response, routed(httpx2, request, answer))
-        except LLMError as error:
-            return cast(httpx2.Response, error_response(httpx2, request, error, *_ERRORS))
+        content = await request.aread()
+        answer = await ahandle(httpx2, self._engine, request, content, _AsyncBody, _ERRORS)
+        return cast(httpx2.Response, answer)
 
     async def aclose(self) -> None:
         """Nothing to do: the provider owns the connections (close the provider instead)."""
