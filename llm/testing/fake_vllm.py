@@ -43,10 +43,10 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m llm.testing.fake_vllm",
         description="A fake vLLM 0.32 OpenAI-compatible server with fault injection.",
     )
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="0 = ephemeral (default 8000)")
-    p.add_argument("--model", default="tiny")
-    p.add_argument("--name", default=None)
+    p.add_argument("--model", default="tiny", help="the model id served (default tiny)")
+    p.add_argument("--name", default=None, help="a label for logs and repr")
     p.add_argument(
         "--latency", type=float, default=0.0, help="seconds before each answer (default 0)"
     )
@@ -79,18 +79,63 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="usage shows prompt_tokens_details.cached_tokens, as vLLM's flag of that name",
     )
-    p.add_argument("--reasoning", action="store_true")
-    p.add_argument("--error-style", choices=("nested", "flat"), default="nested")
-    p.add_argument("--api-key", default=None)
-    p.add_argument("--fail-next", type=int, default=0, metavar="N")
-    p.add_argument("--fail-status", type=int, default=None, metavar="S")
-    p.add_argument("--fail-fraction", type=float, default=0.0, metavar="P")
-    p.add_argument("--cut-after", type=int, default=None, metavar="K")
-    p.add_argument("--hang-streams-after", type=int, default=None, metavar="K")
-    p.add_argument("--garbage", choices=sorted(GARBAGE_KINDS), default=None)
-    p.add_argument("--hang", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--keep-alive-timeout", type=float, default=None)
+    p.add_argument(
+        "--reasoning", action="store_true", help="answers carry reasoning_content, as a reasoner"
+    )
+    p.add_argument(
+        "--error-style",
+        choices=("nested", "flat"),
+        default="nested",
+        help='error bodies {"error": {...}} as vLLM 0.32 (nested) or older flat ones',
+    )
+    p.add_argument("--api-key", default=None, help="demand Authorization: Bearer KEY (401 else)")
+    p.add_argument(
+        "--fail-next", type=int, default=0, metavar="N", help="the next N calls answer an error"
+    )
+    p.add_argument(
+        "--fail-status",
+        type=int,
+        default=None,
+        metavar="S",
+        help="HTTP status of those errors (default 503 for --fail-next, 500 for --fail-fraction)",
+    )
+    p.add_argument(
+        "--fail-fraction",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="each call fails with probability P, 0 to 1 (seeded)",
+    )
+    p.add_argument(
+        "--cut-after",
+        type=int,
+        default=None,
+        metavar="K",
+        help="streams: drop the connection after K events (0: after the headers)",
+    )
+    p.add_argument(
+        "--hang-streams-after",
+        type=int,
+        default=None,
+        metavar="K",
+        help="streams: send K events, then go silent with the connection open",
+    )
+    p.add_argument(
+        "--garbage",
+        choices=sorted(GARBAGE_KINDS),
+        default=None,
+        metavar="KIND",
+        help="answer calls with a broken response: " + ", ".join(sorted(GARBAGE_KINDS)),
+    )
+    p.add_argument("--hang", action="store_true", help="read calls, never answer them")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random faults (default 0)")
+    p.add_argument(
+        "--keep-alive-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds an idle connection is kept open (default: forever)",
+    )
     return p
 
 
@@ -133,6 +178,11 @@ def _serve_config(path: str, window: int | None) -> int:
     except LLMError as exc:
         print(f"fake vLLM: {exc}", file=sys.stderr)
         return 2
+    return _serve(servers)
+
+
+def _serve(servers: Sequence[FakeVLLM]) -> int:
+    """Start ``servers``, say where each listens, serve until SIGINT or SIGTERM, stop them."""
     stop = threading.Event()
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -147,7 +197,8 @@ def _serve_config(path: str, window: int | None) -> int:
             except OSError as exc:
                 print(f"fake vLLM: cannot listen on {server.url}: {exc}", file=sys.stderr)
                 return 1
-            print(f"fake vLLM serving {server.model} on {server.url} ({server.name})", flush=True)
+            label = f" ({server.name})" if server.name else ""
+            print(f"fake vLLM serving {server.model} on {server.url}{label}", flush=True)
         while not stop.wait(0.2):
             pass
     finally:
@@ -190,28 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.respond_garbage(args.garbage)
     if args.hang:
         server.hang(True)
-
-    stop = threading.Event()
-
-    def _on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    old_int = signal.signal(signal.SIGINT, _on_signal)
-    old_term = signal.signal(signal.SIGTERM, _on_signal)
-    try:
-        try:
-            server.start()
-        except OSError as exc:
-            print(f"fake vLLM: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
-            return 1
-        print(f"fake vLLM serving {args.model} on {server.url}", flush=True)
-        while not stop.wait(0.2):
-            pass
-    finally:
-        server.stop()
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGTERM, old_term)
-    return 0
+    return _serve([server])
 
 
 if __name__ == "__main__":
