@@ -181,8 +181,9 @@ def _serve_config(path: str, window: int | None) -> int:
     return _serve(servers)
 
 
-def _serve(servers: Sequence[FakeVLLM]) -> int:
-    """Start ``servers``, say where each listens, serve until SIGINT or SIGTERM, stop them."""
+def _serve(servers: Sequence[FakeVLLM], labelled: bool = True) -> int:
+    """Start ``servers``, say where each listens (with its route's name when ``labelled``:
+    a lone server's line is read by scripts as it is), serve until SIGINT or SIGTERM."""
     stop = threading.Event()
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -197,7 +198,7 @@ def _serve(servers: Sequence[FakeVLLM]) -> int:
             except OSError as exc:
                 print(f"fake vLLM: cannot listen on {server.url}: {exc}", file=sys.stderr)
                 return 1
-            label = f" ({server.name})" if server.name else ""
+            label = f" ({server.name})" if labelled and server.name else ""
             print(f"fake vLLM serving {server.model} on {server.url}{label}", flush=True)
         while not stop.wait(0.2):
             pass
@@ -241,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.respond_garbage(args.garbage)
     if args.hang:
         server.hang(True)
-    return _serve([server])
+    return _serve([server], labelled=False)
 
 
 if __name__ == "__main__":
