@@ -205,6 +205,7 @@ class LLMConfig:
     load: LoadConfig = field(default_factory=LoadConfig)
     affinity: AffinityConfig = field(default_factory=AffinityConfig)
     context_fallback: str | None = None
+    hooks: tuple[str, ...] = ()  # references to hooks (llm.events), resolved by the provider
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "routes", _frozen_mapping(self.routes))
@@ -230,6 +231,7 @@ class LLMConfig:
                 self.load,
                 self.affinity,
                 self.context_fallback,
+                self.hooks,
             ),
         )
 

@@ -19,6 +19,7 @@ one ``ConfigError`` naming its key path.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, TypeAlias
@@ -68,6 +69,7 @@ LLM_KEYS = (
     "default_route",
     "fallback_route",
     "health",
+    "hooks",
     "lb_policy",
     "load",
     "params",
@@ -400,6 +402,29 @@ def _context_fallback(path: str, value: object, routes: Mapping[str, RouteConfig
     )
 
 
+BUILTIN_HOOKS = {
+    "prometheus": "llm.observe.prometheus:PrometheusHook",
+    "opentelemetry": "llm.observe.otel:OpenTelemetryHook",
+}
+_HOOK_REF = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*")
+
+
+def _hooks(path: str, value: object) -> tuple[str, ...]:
+    """Hook references: a built-in name (``prometheus``, ``opentelemetry``) or
+    ``module:attribute`` (imported when the provider is made, ``providers/hooks.py``)."""
+    if value is None:
+        return ()
+    names = read_string_list(path, value)
+    for i, name in enumerate(names):
+        if name not in BUILTIN_HOOKS and not _HOOK_REF.fullmatch(name):
+            fail(
+                f"{path}[{i}]",
+                f"expected {' or '.join(repr(b) for b in BUILTIN_HOOKS)}, or "
+                f"'package.module:attribute', found {name!r}",
+            )
+    return tuple(names)
+
+
 def _check_fallback(path: str, routes: Mapping[str, RouteConfig], name: str | None) -> None:
     """The fallback route is one server: it may not discover instances."""
     if name is not None and routes[name].discover is not None:
@@ -472,4 +497,5 @@ def build(raw: Mapping[Any, Any], source: str | None) -> LLMConfig:
         load=_load(join(path, "load"), raw.get("load")),
         affinity=_affinity(join(path, "affinity"), raw.get("affinity")),
         context_fallback=context_fallback,
+        hooks=_hooks(join(path, "hooks"), raw.get("hooks")),
     )

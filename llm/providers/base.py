@@ -21,6 +21,7 @@ import httpx
 
 from ..config import LLMConfig, RouteConfig
 from ..errors import AllRoutesFailedError, Attempt
+from ..events import HealthChange, Hook
 from ..probes.check import CheckSettings, RouteCheck, check_limit
 from ..probes.checker import ActiveChecker
 from ..probes.discovery import Discoverer, Resolver
@@ -35,6 +36,7 @@ from ..send.lifecycle import Lifecycle, closed_error
 from ..send.log import log_health_change
 from ..send.protocols import AsyncSender, SyncSender
 from . import fork
+from .hooks import HookLike, ProviderHooks, resolve
 
 _CHECK_TIMEOUT_MAX = 5.0  # seconds: a look at a route needs no more, whatever the call timeout
 
@@ -55,8 +57,10 @@ class ProviderBase:
         async_sleep: Callable[[float], Awaitable[None]] | None = None,
         rng: random.Random | None = None,
         resolver: Resolver | None = None,
+        hooks: Sequence[HookLike] = (),
     ) -> None:
         self.config = config
+        chosen = [*resolve(config.hooks), *hooks]  # a bad reference fails before any I/O
         self.balancer = Balancer(
             config.routes.values(),
             policy=config.lb_policy,
@@ -64,11 +68,14 @@ class ProviderBase:
             fallback_route=config.fallback_route,
             clock=clock,
             rng=rng,
-            on_health=log_health_change,
+            on_health=self._health_changed,
             load_max_age=config.load.max_age,
             affinity=config.affinity,
             context_fallback=config.context_fallback,
         )
+        self._hooks = ProviderHooks(self.balancer, self)
+        for hook in chosen:
+            self._hooks.add(hook)
         self._life = Lifecycle()
         sync_sender: SyncSender = HttpcoreSender() if transport is None else HttpxSender(transport)
         self._engine = SyncEngine(
@@ -123,6 +130,20 @@ class ProviderBase:
             f"<{type(self).__name__} routes={list(self.config.routes)} "
             f"default={self.config.default_route!r} policy={self.config.lb_policy!r}>"
         )
+
+    def add_hook(self, hook: HookLike) -> Hook:
+        """Register ``hook`` (an ``llm.events.Hook``, or a function of one event) for the
+        events of every call from now on; returns it as registered (``remove_hook`` takes
+        either)."""
+        return self._hooks.add(hook)
+
+    def remove_hook(self, hook: object) -> None:
+        """Unregister ``hook`` (as given to ``add_hook``, or as it returned)."""
+        self._hooks.remove(hook)
+
+    def _health_changed(self, change: HealthChange) -> None:
+        log_health_change(change)
+        self._hooks.health_changed(change)
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per route: state, requests, failures, in-flight, EWMAs, ejections, last error."""

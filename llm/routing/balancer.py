@@ -22,6 +22,8 @@ would otherwise collect its share of every new request until the first of them t
 
 Health changes (ejected, misconfigured, healthy again) go to the ``on_health`` listener as
 ``events.HealthChange`` records, after the lock is released; the balancer itself never logs.
+``hooks`` (``llm.events.Hooks``, set by the provider once a hook is registered) are what every
+plan of a call reports to, and get each load report (``LoadReported``), after the lock too.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any
 from ..config import AffinityConfig, HealthConfig, RouteConfig
 from ..config.model import serving
 from ..config.redact import Redactor
+from ..events import Hooks, LoadReported
 from .affinity import Affinity
 from .events import HealthChange, HealthListener
 from .health import RouteHealth
@@ -68,6 +71,7 @@ class Balancer:
         self._affinity: Affinity | None = None  # made on the first call with a key
         self.load_max_age = load_max_age
         self.on_health = on_health
+        self.hooks: Hooks | None = None
         self.clock = clock
         self.rng = rng or random.Random()
         self.lock = threading.Lock()
@@ -423,6 +427,13 @@ class Balancer:
             lock.release()
         if not was_healthy and health.healthy and self.on_health is not None:
             self.on_health(HealthChange("recovered", route.name))
+        if waiting is not None and self.hooks is not None:
+            self._load_reported(LoadReported(route.name, "orca", None, waiting, kv_usage))
+
+    def _load_reported(self, event: LoadReported) -> None:
+        hooks = self.hooks
+        if hooks is not None and hooks.on_load_reported:
+            hooks.emit(hooks.on_load_reported, event)
 
     def failed(
         self,
@@ -498,6 +509,8 @@ class Balancer:
             return
         with self.lock:
             record_report(route, self.clock(), waiting, running, kv_usage, "metrics")
+        if self.hooks is not None:
+            self._load_reported(LoadReported(name, "metrics", running, waiting, kv_usage))
 
     def configs(self) -> list[RouteConfig]:
         """The routes that take calls now (discovered instances included, retired ones not)."""

@@ -2,35 +2,17 @@
 
 The balancer is pure and does not log. It hands each change to the listener it was given
 (``Balancer(on_health=...)``), after releasing its lock; the provider gives it one that logs
-(``llm.send.log``), and a test can give it a list's ``append``. A listener must not raise: it
-runs inside the call that caused the change.
+(``llm.send.log``) and hands the change to the hooks (``llm.events``), and a test can give it
+a list's ``append``. A listener must not raise: it runs inside the call that caused the
+change. ``HealthChange`` itself is defined with the other events, in ``llm.events``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
 
-ChangeKind = Literal["ejected", "misconfigured", "recovered"]
+from ..events import ChangeKind, HealthChange
 
-
-@dataclass(frozen=True, slots=True)
-class HealthChange:
-    """One change of one route's health.
-
-    - ``ejected``: ``reason`` says why, ``cooldown_s`` for how long; ``by_check`` when an
-      active check ejected it rather than a call.
-    - ``misconfigured``: a failure no retry will cure (401, 403, 404, a redirect); the
-      route is ejected as well (an ``ejected`` change follows unless it was ejected already).
-    - ``recovered``: a request sent after the ejection succeeded; the route is healthy.
-    """
-
-    kind: ChangeKind
-    route: str
-    reason: str | None = None
-    cooldown_s: float | None = None
-    by_check: bool = False
-
+__all__ = ["ChangeKind", "HealthChange", "HealthListener"]
 
 HealthListener = Callable[[HealthChange], None]

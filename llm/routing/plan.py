@@ -22,17 +22,25 @@ Reporting: ``start`` marks the route busy and returns the start time; ``succeede
 once: a second report of it is ignored, so whatever a sender, a parser or the caller raises,
 and wherever, the route's in-flight count and trial slot are released once and only once.
 
+Hooks (``llm.events``): when the engine gave the plan a ``call`` and its ``hooks``, ``start``
+emits ``AttemptStarted`` (keeping the headers hooks added in ``attempt_headers``), each report
+emits ``AttemptEnded``, and ``ended`` (called by the engine, or by a stream at its end) emits
+``CallEnded`` once. With no hook, ``call`` is None and each of these costs one test.
+
 ``plan_call`` makes the plan of one call: a pinned route alone, or the pool serving the
 call's model with the fallback route after it (unless the fallback is in that pool).
 """
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable, Container
+from urllib.parse import urlsplit
 
 from ..config import RetryConfig
 from ..errors import AllRoutesFailedError, Attempt, LLMError, NoRouteError, RouteError
+from ..events import AttemptEnded, AttemptStarted, CallEnded, CallInfo, Hooks
 from .balancer import Balancer
 from .fit import min_limit, need_of, no_fit_error, unfit
 from .indexes import Either
@@ -121,13 +129,18 @@ def backoff_delay(retry_number: int, retry: RetryConfig, rng: random.Random) -> 
 
 class CallPlan:
     __slots__ = (
+        "_answer",
+        "_current",
+        "attempt_headers",
         "attempt_open",
         "attempts",
         "balancer",
+        "call",
         "clock",
         "deadline_at",
         "delay",
         "fallback",
+        "hooks",
         "key",
         "last_error",
         "max_attempts",
@@ -179,6 +192,11 @@ class CallPlan:
         self.unfit: frozenset[RouteState] = frozenset()  # routes the call does not fit
         # a pinned call (or one that must keep its model) never leaves for the context fallback
         self.pinned = False
+        self.call: CallInfo | None = None  # set with ``hooks`` when some hook listens
+        self.hooks: Hooks | None = None
+        self.attempt_headers: dict[str, str] | None = None  # what hooks add to the request
+        self._current: AttemptStarted | None = None
+        self._answer: tuple[RouteState, float | None, int, int | None, int] | None = None
 
     # -- fitting -------------------------------------------------------------------------
 
@@ -286,7 +304,10 @@ class CallPlan:
     def start(self, route: RouteState) -> float:
         self.tried.append(route)
         self.attempt_open = True
-        return self.balancer.dispatch(route, self.tokens)
+        started = self.balancer.dispatch(route, self.tokens)
+        if self.call is not None:
+            self._attempt_started(route)
+        return started
 
     def succeeded(
         self,
@@ -321,6 +342,9 @@ class CallPlan:
         )
         elapsed = self.clock() - started_at
         self.attempts.append(Attempt(route.name, "ok", None, None, elapsed))
+        if self.call is not None:
+            self._answer = (route, ttft, prompt_tokens, generated, cached_tokens)
+            self._attempt_ended(elapsed, latency, ttft, prompt_tokens, generated, cached_tokens)
 
     def failed(
         self,
@@ -373,6 +397,88 @@ class CallPlan:
         self.attempts.append(Attempt(route.name, outcome, status_code, text, elapsed))
         if error is not None:
             self.last_error = error
+        if self.call is not None:
+            self._attempt_ended(elapsed, None, None, 0, None, 0)
+
+    # -- hooks -----------------------------------------------------------------------------
+
+    def _attempt_started(self, route: RouteState) -> None:
+        hooks, call = self.hooks, self.call
+        assert hooks is not None and call is not None
+        config = route.config
+        host, port = server_of(config.base_url)
+        fallback = self.fallback is not None and route in self.fallback.routes
+        event = AttemptStarted(
+            call, len(self.attempts) + 1, route.name, config.model, host, port, self.delay, fallback
+        )
+        self._current = event
+        if hooks.on_attempt_started:
+            hooks.emit(hooks.on_attempt_started, event)
+        self.attempt_headers = event.headers or None
+
+    def _attempt_ended(
+        self,
+        duration: float,
+        latency: float | None,
+        ttft: float | None,
+        prompt_tokens: int,
+        completion_tokens: int | None,
+        cached_tokens: int,
+    ) -> None:
+        hooks, begun, last = self.hooks, self._current, self.attempts[-1]
+        if hooks is None or begun is None or not hooks.on_attempt_ended:
+            return
+        number = begun.number
+        retry_reason = self.attempts[number - 2].outcome if number > 1 else None
+        event = AttemptEnded(
+            begun.call,
+            number,
+            begun.route,
+            begun.model,
+            begun.server_address,
+            begun.server_port,
+            last.outcome,
+            last.status_code,
+            duration,
+            latency,
+            ttft,
+            prompt_tokens,
+            completion_tokens,
+            cached_tokens,
+            retry_reason,
+            begun.delay_s,
+            begun.fallback,
+            last.error,
+        )
+        hooks.emit(hooks.on_attempt_ended, event)
+
+    def ended(self, error: BaseException | None = None) -> None:
+        """The call is over (``error``: what it raised): ``CallEnded``, once."""
+        call, hooks = self.call, self.hooks
+        if call is None or hooks is None:
+            return
+        self.call = None
+        if not hooks.on_call_ended:
+            return
+        answer = self._answer
+        route = answer[0] if answer is not None else None
+        first = self.attempts[0].route if self.attempts else None
+        event = CallEnded(
+            call,
+            outcome_of(error) if answer is None or error is not None else "ok",
+            route.name if route is not None else None,
+            route.config.model if route is not None else None,
+            tuple(self.attempts),
+            self.clock() - call.started_at,
+            answer[1] if answer is not None else None,
+            answer[2] if answer is not None else 0,
+            answer[3] if answer is not None else None,
+            answer[4] if answer is not None else 0,
+            route is not None and route.name != first,
+            route is not None and self.fallback is not None and route in self.fallback.routes,
+            error if isinstance(error, LLMError) else None,
+        )
+        hooks.emit(hooks.on_call_ended, event)
 
     def exhausted(self) -> AllRoutesFailedError:
         """The error for a call whose attempts all failed."""
@@ -383,6 +489,27 @@ class CallPlan:
             f"on route(s) {routes}: {reason}"
         )
         return AllRoutesFailedError(message, attempts=self.attempts, last_error=self.last_error)
+
+
+def outcome_of(error: BaseException | None) -> str:
+    """A call's outcome as events name it: ``ok``, ``cancelled``, or the error's class."""
+    if error is None:
+        return "ok"
+    name = type(error).__name__
+    if name in ("CancelledError", "GeneratorExit", "KeyboardInterrupt"):
+        return "cancelled"
+    return name
+
+
+@functools.lru_cache(maxsize=1024)
+def server_of(base_url: str) -> tuple[str, int | None]:
+    """The host and port of a route's URL (OpenTelemetry's ``server.address`` / ``.port``)."""
+    parts = urlsplit(base_url)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        port = None
+    return parts.hostname or "", port
 
 
 def _short(error: LLMError | None) -> str | None:

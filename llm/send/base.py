@@ -20,14 +20,15 @@ route and path); and ``settle``: what a status and body mean (``judge``) applied
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from ..call.affinity import affinity_key
 from ..call.headers import route_headers
 from ..call.size import prompt_tokens
 from ..call.spec import AnswerKind, BodyEncoder, CallSpec
 from ..config import LLMConfig, RouteConfig
-from ..errors import InvalidRequestError, InvalidResponseError
+from ..errors import InvalidRequestError, InvalidResponseError, LLMError
+from ..events import CallEnded, CallInfo, CallStarted
 from ..judge.answers import decode_answer, prompt_counts
 from ..judge.context import context_limit
 from ..judge.load_report import parse_orca
@@ -46,6 +47,9 @@ from ..routing.state import RouteState
 from .failures import route_failure
 from .lifecycle import Lifecycle, closed_error
 from .protocols import AsyncAnswer, Request, SyncAnswer
+
+# the operation a call's expected answer names (OpenTelemetry's gen_ai.operation.name)
+_OPERATIONS: dict[AnswerKind | None, str] = {"chat": "chat", "completion": "text_completion"}
 
 ORCA_REQUEST = "endpoint-load-metrics-format"
 ORCA_ANSWER = "endpoint-load-metrics"
@@ -93,30 +97,74 @@ class EngineBase:
         self._headers: dict[str, dict[str, str]] = {}
 
     def plan(self, spec: CallSpec) -> CallPlan:
+        """The call's plan; with hooks registered, ``CallStarted`` first, and ``CallEnded``
+        when no plan can be made (no route serves the model, the call fits no window)."""
         config = self.config
         key = None
         if spec.session is not None or self.by_prefix:
             key = affinity_key(spec.session, spec.body, self.by_prefix, self.prefix_chars)
-        return plan_call(
-            self.balancer,
-            route=spec.route,
-            model=spec.model or config.default_model,
-            retry=config.retry,
-            deadline=spec.deadline if spec.deadline is not None else config.deadline,
-            stream=spec.stream,
-            max_retries=spec.max_retries,
-            tokens=asked_tokens(spec),
-            key=key,
-            prompt_tokens=(
-                prompt_tokens(spec.body) if key is not None or self.balancer.limits_known else 0
-            ),
-            fallback=spec.fallback,
-        )
+        model = spec.model or config.default_model
+        hooks = self.balancer.hooks
+        call = None
+        if hooks is not None:
+            call = CallInfo(
+                _OPERATIONS.get(spec.expect, spec.path),
+                model,
+                spec.stream,
+                spec.route,
+                self.clock(),
+            )
+            if hooks.on_call_started:
+                hooks.emit(hooks.on_call_started, CallStarted(call))
+        try:
+            plan = plan_call(
+                self.balancer,
+                route=spec.route,
+                model=model,
+                retry=config.retry,
+                deadline=spec.deadline if spec.deadline is not None else config.deadline,
+                stream=spec.stream,
+                max_retries=spec.max_retries,
+                tokens=asked_tokens(spec),
+                key=key,
+                prompt_tokens=(
+                    prompt_tokens(spec.body) if key is not None or self.balancer.limits_known else 0
+                ),
+                fallback=spec.fallback,
+            )
+        except LLMError as error:
+            if call is not None and hooks is not None and hooks.on_call_ended:
+                ended = CallEnded(
+                    call,
+                    type(error).__name__,
+                    None,
+                    None,
+                    (),
+                    self.clock() - call.started_at,
+                    None,
+                    0,
+                    None,
+                    0,
+                    False,
+                    False,
+                    error,
+                )
+                hooks.emit(hooks.on_call_ended, ended)
+            raise
+        if call is not None:
+            plan.call, plan.hooks = call, hooks
+        return plan
 
     def request_for(
-        self, route: RouteConfig, spec: CallSpec, content: bytes | None, timeout: float
+        self,
+        route: RouteConfig,
+        spec: CallSpec,
+        content: bytes | None,
+        timeout: float,
+        added: Mapping[str, str] | None = None,
     ) -> Request:
-        """The request of one attempt (URL and headers made once per route and path)."""
+        """The request of one attempt (URL and headers made once per route and path);
+        ``added``: headers hooks added (the route's own win over them)."""
         key = (route.name, spec.path)
         url = self._urls.get(key)
         if url is None:
@@ -126,6 +174,8 @@ class EngineBase:
             headers = self._headers[route.name] = route_headers(route)
             if self.orca:
                 headers.setdefault(ORCA_REQUEST, "TEXT")
+        if added:
+            headers = {**added, **headers}
         if spec.headers:
             headers = {**headers, **spec.headers}
         connect_timeout = min(self.config.connect_timeout, timeout)

@@ -73,7 +73,9 @@ class AsyncEngine(EngineBase):
                 started = plan.start(route)
                 try:
                     async with sender.bounded(timeout, False):
-                        request = self.request_for(route.config, spec, payload, timeout)
+                        request = self.request_for(
+                            route.config, spec, payload, timeout, plan.attempt_headers
+                        )
                         answer = await sender.send(request)
                         try:
                             content = await read_body(
@@ -87,8 +89,14 @@ class AsyncEngine(EngineBase):
                         raise
                     continue
                 if reply is not None:
+                    if plan.call is not None:
+                        plan.ended()
                     return reply
             raise plan.exhausted()
+        except BaseException as exc:
+            if plan.call is not None:
+                plan.ended(exc)
+            raise
         finally:
             life.leave()
 
@@ -110,7 +118,9 @@ class AsyncEngine(EngineBase):
                 started = plan.start(route)
                 try:
                     async with sender.bounded(timeout, True):  # up to the first token
-                        request = self.request_for(route.config, spec, payload, timeout)
+                        request = self.request_for(
+                            route.config, spec, payload, timeout, plan.attempt_headers
+                        )
                         answer = await sender.send(request)
                         if 200 <= answer.status_code < 300:
                             problem = stream_problem(answer.headers)
@@ -144,6 +154,10 @@ class AsyncEngine(EngineBase):
                     if not self.report_raised(plan, route, started, exc, sender.io_errors):
                         raise
             raise plan.exhausted()
+        except BaseException as exc:
+            if plan.call is not None:
+                plan.ended(exc)
+            raise
         finally:
             if opened is None:
                 life.leave()

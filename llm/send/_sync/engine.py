@@ -75,7 +75,9 @@ class SyncEngine(EngineBase):
                 started = plan.start(route)
                 try:
                     with sender.bounded(timeout, False):
-                        request = self.request_for(route.config, spec, payload, timeout)
+                        request = self.request_for(
+                            route.config, spec, payload, timeout, plan.attempt_headers
+                        )
                         answer = sender.send(request)
                         try:
                             content = read_body(
@@ -89,8 +91,14 @@ class SyncEngine(EngineBase):
                         raise
                     continue
                 if reply is not None:
+                    if plan.call is not None:
+                        plan.ended()
                     return reply
             raise plan.exhausted()
+        except BaseException as exc:
+            if plan.call is not None:
+                plan.ended(exc)
+            raise
         finally:
             life.leave()
 
@@ -112,7 +120,9 @@ class SyncEngine(EngineBase):
                 started = plan.start(route)
                 try:
                     with sender.bounded(timeout, True):  # up to the first token
-                        request = self.request_for(route.config, spec, payload, timeout)
+                        request = self.request_for(
+                            route.config, spec, payload, timeout, plan.attempt_headers
+                        )
                         answer = sender.send(request)
                         if 200 <= answer.status_code < 300:
                             problem = stream_problem(answer.headers)
@@ -146,6 +156,10 @@ class SyncEngine(EngineBase):
                     if not self.report_raised(plan, route, started, exc, sender.io_errors):
                         raise
             raise plan.exhausted()
+        except BaseException as exc:
+            if plan.call is not None:
+                plan.ended(exc)
+            raise
         finally:
             if opened is None:
                 life.leave()

@@ -64,6 +64,7 @@ class SyncStream:
         self._kind = kind
         self._life = life
         self._left = False  # whether this stream's call has left the provider's lifecycle
+        self._error: BaseException | None = None  # what ended the call, for the hooks
         self._raw = answer.iter_bytes()
         self._decoder = SSEDecoder(max_event_bytes)
         self._events: list[Event] = []  # read while priming, not handed out yet
@@ -152,7 +153,8 @@ class SyncStream:
                 raise
             if self._life.closed:  # the provider's closing cut it: no route is to blame
                 self._plan.finished(self._route, self._started)
-                raise closed_error() from None
+                self._error = closed_error()
+                raise self._error from None
             self._raise_interrupted(failure)
         finally:
             self.close()
@@ -165,6 +167,7 @@ class SyncStream:
         )
         self._fail(error, "stream_cut")
         error.attempts = tuple(self.attempts)
+        self._error = error
         raise error from None  # the cause's words are in the message, masked with it
 
     def _succeed(self, last: list[Event]) -> None:
@@ -201,6 +204,8 @@ class SyncStream:
         if not self._left:
             self._left = True
             self._life.leave()
+            if self._plan.call is not None:
+                self._plan.ended(self._error)
 
     def __enter__(self) -> SyncStream:
         return self
