@@ -99,12 +99,12 @@ class AttemptStarted:
 @dataclass(frozen=True, slots=True)
 class AttemptEnded:
     """How an attempt ended. ``outcome`` is ``ok`` or a failure (``timeout``,
-    ``connect_error``, ``status``, ``stream_cut``, ``invalid_response``...), ``status_code`` the HTTP status when
-    one came; ``latency_s`` from sending to the end (``None`` for a stream closed early),
-    ``ttft_s`` to a stream's first token. Tokens are the answer's usage (``completion_tokens``
-    of a stream: counted from its events when it sent no usage). ``retry_reason`` is the
-    previous attempt's outcome when this one is a retry. ``error`` is the failure's text,
-    masked of secrets."""
+    ``connect_error``, ``status``, ``stream_cut``, ``invalid_response``...), ``status_code``
+    the HTTP status when one came; ``duration_s`` the attempt's whole time, ``latency_s`` from
+    sending to the answer's end (``None`` for a stream closed early), ``ttft_s`` to a stream's
+    first token. Tokens are the answer's usage (``completion_tokens`` of a stream: counted
+    from its events when it sent no usage). ``retry_reason`` is the previous attempt's outcome
+    when this one is a retry. ``error`` is the failure's text, masked of secrets."""
 
     call: CallInfo
     number: int
