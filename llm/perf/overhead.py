@@ -13,6 +13,9 @@ the two servers, non-streamed or streamed, and reads every answer the way an app
 - ``provider-async``: ``achat_completion`` / ``astream_events`` over both routes, 64 in flight;
 - ``provider-async-load``: the same under ``least_load``, load reports on (the ORCA header
   asked for and read on every answer, ``/metrics`` polled every second);
+- ``provider-async-prometheus``: ``provider-async`` with the Prometheus hook registered
+  (``llm.observe.prometheus``, its own registry): what metrics cost a call (when
+  prometheus-client is installed);
 - ``openai-async``: the OpenAI SDK's ``AsyncOpenAI`` (when installed), 64 in flight;
 - ``litellm-router``: LiteLLM's ``Router.acompletion`` over both servers as two deployments
   (when litellm is installed; ``pip install litellm`` adds it), 64 in flight, retries off,
@@ -64,10 +67,15 @@ ASYNC_CLIENTS = (
     "httpx-async",
     "provider-async",
     "provider-async-load",
+    "provider-async-prometheus",
     "openai-async",
     "litellm-router",
 )
-OPTIONAL = {"openai-async": "openai", "litellm-router": "litellm"}  # client -> the package
+OPTIONAL = {  # client -> the package it needs
+    "openai-async": "openai",
+    "litellm-router": "litellm",
+    "provider-async-prometheus": "prometheus_client",
+}
 SLOW_CLIENTS = ("httpx-async", "litellm-router")  # a quarter of the calls is plenty
 SYNC_CLIENTS = ("httpx-sync", "provider-sync")
 FLOOR = {"async": "aiohttp", "sync": "httpx-sync"}
@@ -201,9 +209,15 @@ def _provider(servers: Sequence[FakeProcess], policy: str = "round_robin") -> VL
 
 
 async def _provider_async_client(
-    servers: Sequence[FakeProcess], stream: bool, policy: str = "round_robin"
+    servers: Sequence[FakeProcess], stream: bool, policy: str = "round_robin", metrics: bool = False
 ) -> Any:
     provider = _provider(servers, policy)
+    if metrics:
+        from prometheus_client import CollectorRegistry
+
+        from ..observe.prometheus import PrometheusHook
+
+        provider.add_hook(PrometheusHook(CollectorRegistry()))
 
     async def call(number: int) -> tuple[float, float | None]:
         began = time.perf_counter()
@@ -426,6 +440,7 @@ def run_client(
         "httpx-async": lambda: _httpx_async_client(urls, model, stream),
         "provider-async": lambda: _provider_async_client(servers, stream),
         "provider-async-load": lambda: _provider_async_client(servers, stream, "least_load"),
+        "provider-async-prometheus": lambda: _provider_async_client(servers, stream, metrics=True),
         "openai-async": lambda: _openai_async_client(urls, model, stream),
         "litellm-router": lambda: _litellm_router_client(urls, model, stream),
     }
