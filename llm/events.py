@@ -58,10 +58,11 @@ _ids = itertools.count(1)
 class CallInfo:
     """One call, as every event of it names it.
 
-    ``operation`` is ``chat``, ``text_completion``, or the path of another endpoint (SDK
-    path: ``/embeddings``...); ``model`` the model asked for (the pool); ``route`` the route
-    a call was pinned to; ``started_at`` a reading of the provider's clock (seconds);
-    ``context`` is the hooks' own: a span, a timer, anything to carry from start to end.
+    ``operation`` is ``chat``, ``text_completion``, or the path of another endpoint without
+    its slashes (SDK path: ``embeddings``, ``models``...); ``model`` the model asked for (the
+    pool); ``route`` the route a call was pinned to; ``started_at`` a reading of the
+    provider's clock (seconds); ``context`` is the hooks' own: a span, a timer, anything to
+    carry from start to end.
     """
 
     operation: str

@@ -320,3 +320,23 @@ def test_a_builtin_hook_whose_package_is_missing_says_what_to_install(servers, m
 class NeedsArguments(Hook):
     def __init__(self, registry: object) -> None:
         self.registry = registry
+
+
+def test_calls_through_the_sdk_path_have_their_events(servers):
+    hook = RecordingHook()
+    with provider(servers) as p:
+        p.add_hook(hook)
+        http = p.http_client(flavor="httpx")
+        chat = http.post(
+            "http://llm-routes/v1/chat/completions", json={"model": "tiny", "messages": MESSAGES}
+        )
+        embedding = http.post(
+            "http://llm-routes/v1/embeddings", json={"model": "tiny", "input": "x"}
+        )
+    assert chat.status_code == 200 and embedding.status_code == 404
+    chat_ended, embedding_ended = hook.of(CallEnded)
+    assert (chat_ended.call.operation, chat_ended.outcome) == ("chat", "ok")
+    assert (embedding_ended.call.operation, embedding_ended.outcome) == (
+        "embeddings",
+        "NotFoundError",
+    )

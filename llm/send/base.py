@@ -108,7 +108,7 @@ class EngineBase:
         call = None
         if hooks is not None:
             call = CallInfo(
-                _OPERATIONS.get(spec.expect, spec.path),
+                _OPERATIONS.get(spec.expect) or spec.path.split("?", 1)[0].strip("/"),
                 model,
                 spec.stream,
                 spec.route,
