@@ -1,10 +1,14 @@
-"""Every example in README.md, run as a user would, against fake servers on 127.0.0.1.
+"""Every example in README.md and in the pages of docs/, run as a user would, against fake
+servers on 127.0.0.1.
 
 The README's config names three routes on ports 8002, 8202 and 8001. The tests start a fake
 vLLM server for each and run the examples as written in a temporary folder holding that config
 as ``config.yaml`` (and a link to ``scripts/``), with only those ports replaced by the fakes'.
 Python blocks run in a fresh interpreter each; shell commands run in bash; commands that
-install or test the package itself are the ones ``.ci/run`` runs, and are checked to be there.
+install or test the package itself (or build and check the docs site) are the ones ``.ci/run``
+runs, and are checked to be there. A docs page is read as the site shows it: its
+``--8<-- "file"`` / ``--8<-- "file:section"`` lines (pymdownx.snippets) replaced by what they
+include; an example found in several places runs once.
 """
 
 from __future__ import annotations
@@ -25,19 +29,56 @@ import httpx
 import pytest
 import yaml
 
-from llm.config import body_keys, parse_config, sections
+from llm.config import parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 CI = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
-BLOCKS = [
-    (match.group(1), match.group(2))
-    for match in re.finditer(r"^```(\w*)\n(.*?)^```", README, re.MULTILINE | re.DOTALL)
-]
+SNIPPET = re.compile(r'^--8<-- "([^":]+)(?::([\w-]+))?"$', re.MULTILINE)
+
+
+def included(match: re.Match[str]) -> str:
+    """What a pymdownx.snippets line includes: a file of the repository, or one section of it."""
+    text = (ROOT / match.group(1)).read_text(encoding="utf-8")
+    if match.group(2):
+        start, end = f"--8<-- [start:{match.group(2)}]", f"--8<-- [end:{match.group(2)}]"
+        text = text[text.index(start) : text.index(end)].split("\n", 1)[1]
+    lines = text.splitlines()
+    return "\n".join(line for line in lines if "--8<-- [" not in line).rstrip("\n")
+
+
+DOCS = {
+    path.relative_to(ROOT).as_posix(): SNIPPET.sub(included, path.read_text(encoding="utf-8"))
+    for path in sorted((ROOT / "docs").glob("*.md"))
+}
+SOURCES = {"README.md": README, **DOCS}
+
+
+def fenced(text: str) -> list[tuple[str, str]]:
+    return [
+        (match.group(1), match.group(2))
+        for match in re.finditer(r"^```(\w*)\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
+    ]
+
+
+BLOCKS = fenced(README)
 
 
 def blocks(language: str) -> list[str]:
+    """The README's blocks in ``language``."""
     return [code for lang, code in BLOCKS if lang == language]
+
+
+def all_blocks(language: str) -> dict[str, str]:
+    """The blocks in ``language`` of the README and of every docs page, each text once, by
+    where it is first found (``docs/routing.md:1``: that page's second such block)."""
+    found: dict[str, str] = {}
+    for source, text in SOURCES.items():
+        codes = [code for lang, code in fenced(text) if lang == language]
+        for number, code in enumerate(codes):
+            if code not in found.values():
+                found[f"{source}:{number}"] = code
+    return found
 
 
 def commands(code: str) -> list[str]:
@@ -48,11 +89,13 @@ def commands(code: str) -> list[str]:
 
 def is_ci_command(command: str) -> bool:
     """Installing, linting and testing the package: what `.ci/run` does on a fresh machine."""
-    words = ("pip install", "pytest", "ruff", "mypy", "venv", "real_vllm prepare")
+    words = ("pip install", "pytest", "ruff", "mypy", "venv", "real_vllm prepare", "mkdocs")
+    words += ("check_site",)
     return any(word in command for word in words)
 
 
-CONFIG_YAML, *YAML_SNIPPETS = blocks("yaml")  # the config example, then fragments of one
+CONFIG_YAML = blocks("yaml")[0]  # the config example; the other yaml blocks are fragments of one
+YAML_SNIPPETS = [code for code in all_blocks("yaml").values() if code != CONFIG_YAML]
 README_ROUTES = yaml.safe_load(CONFIG_YAML)["llm"]["routes"]
 
 
@@ -125,9 +168,16 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 
 def test_the_readme_has_the_examples_these_tests_expect():
-    assert len(blocks("python")) >= 8
-    assert len(blocks("bash")) == 5  # quickstart, healthcheck, benchmark, real vLLM, development
+    assert len(blocks("python")) >= 6  # one short example per feature; the rest: docs/
+    assert len(blocks("bash")) == 3  # quickstart, healthcheck and load test, development
     assert set(README_ROUTES) == {"gpt20_a", "gpt20_b", "tiny_qwen"}
+
+
+def test_the_docs_pages_have_examples_too():
+    assert set(DOCS) >= {"docs/getting-started.md", "docs/integrations.md"}
+    pages = {name.rsplit(":", 1)[0] for name in all_blocks("python")}
+    assert {"docs/getting-started.md", "docs/integrations.md", "docs/operations.md"} <= pages
+    assert not any("--8<--" in text for text in DOCS.values()), "a snippet line left unread"
 
 
 def test_quickstart_is_two_commands_install_plus_demo_and_the_tests():
@@ -138,12 +188,25 @@ def test_quickstart_is_two_commands_install_plus_demo_and_the_tests():
     assert 'pip install --quiet -e ".[dev]"' in CI and "\npython -m pytest -q\n" in CI
 
 
+PYPROJECT = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+EXTRAS = set(  # the names of [project.optional-dependencies] (tomllib is Python 3.11+)
+    re.findall(
+        r"^([\w-]+) = \[",
+        PYPROJECT.split("[project.optional-dependencies]")[1].split("\n[")[0],
+        re.MULTILINE,
+    )
+)
+
+
 def test_commands_not_run_here_are_run_by_ci():
     ci = CI.replace("python -m pip", "pip").replace("--quiet ", "")
-    for code in blocks("bash"):
+    for code in all_blocks("bash").values():
         for command in commands(code):
             for part in (piece.strip() for piece in command.split("&&")):
-                if is_ci_command(part):
+                published = re.fullmatch(r"pip install '?llm-routes\[([\w,-]+)\]'?", part)
+                if published:  # a user's install from the index: its extras must exist
+                    assert set(published.group(1).split(",")) <= EXTRAS, part
+                elif is_ci_command(part):
                     assert part in ci, part
 
 
@@ -165,19 +228,10 @@ def test_every_yaml_fragment_is_valid_over_the_config_example():
         parse_config(data, environ={})
 
 
-def test_the_config_table_documents_every_key_and_only_real_keys():
-    documented = set(re.findall(r"^\| `(llm\.[a-zA-Z_.]+)`", README, re.MULTILINE))
-    real = {f"llm.{key}" for key in sections.LLM_KEYS if key not in ("params", "routes")}
-    real |= {f"llm.routes.NAME.{key}" for key in sections.ROUTE_KEYS}
-    real |= {f"llm.retry.{key}" for key in sections.RETRY_KEYS}
-    real |= {f"llm.health.{key}" for key in sections.HEALTH_KEYS}
-    real |= {f"llm.load.{key}" for key in sections.LOAD_KEYS}
-    real |= {f"llm.affinity.{key}" for key in sections.AFFINITY_KEYS}
-    real |= {f"llm.params.{key}" for key in (*sections.CONTROL_PARAMS, "extra_body")}
-    real -= {"llm.retry", "llm.health", "llm.load", "llm.affinity"}
-    assert documented - {"llm.params."} == real
-    for key in body_keys.BODY_KEYS:
-        assert f"`{key}`" in README, key
+def test_the_readme_points_to_the_generated_config_reference():
+    # Every key with its default: docs/configuration.md, written from the schema at build time
+    # (scripts/config_reference.py; tests/test_docs_reference.py checks it against the schema).
+    assert "(docs/configuration.md#reference)" in README
 
 
 def run_in(site: Site, *argv: str) -> subprocess.CompletedProcess[str]:
@@ -186,9 +240,12 @@ def run_in(site: Site, *argv: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("number", range(len(blocks("python"))))
-def test_python_example_runs(site: Site, number: int):
-    code = site.substitute(blocks("python")[number])
+PYTHON_EXAMPLES = all_blocks("python")
+
+
+@pytest.mark.parametrize("number", list(PYTHON_EXAMPLES))
+def test_python_example_runs(site: Site, number: str):
+    code = site.substitute(PYTHON_EXAMPLES[number])
     if "llama_index" in code and importlib.util.find_spec("llama_index") is None:
         # llama-index-llms-openai needs openai < 3: .ci/run runs this in its openai 2 step
         pytest.skip("LlamaIndex is installed in .ci/run's openai 2 step")
@@ -198,9 +255,14 @@ def test_python_example_runs(site: Site, number: int):
     assert (done.stdout + done.stderr).strip(), "every example shows something"
 
 
-SHELL_COMMANDS = [
-    command for code in blocks("bash") for command in commands(code) if not is_ci_command(command)
-]
+SHELL_COMMANDS = list(
+    dict.fromkeys(
+        command
+        for code in all_blocks("bash").values()
+        for command in commands(code)
+        if not is_ci_command(command)
+    )
+)
 
 
 @pytest.mark.parametrize("command", SHELL_COMMANDS)
@@ -220,7 +282,8 @@ def test_the_quickstart_demo_runs(site: Site):
 
 
 def test_the_fake_server_command_serves(site: Site):
-    (command,) = re.findall(r"`(python -m llm\.testing\.fake_vllm --port [^`]*)`", README)
+    pattern = r"`(python -m llm\.testing\.fake_vllm --port [^`]*)`"
+    (command,) = {found for text in SOURCES.values() for found in re.findall(pattern, text)}
     words = shlex.split(site.substitute(command))
     port = int(words[words.index("--port") + 1])
     model = words[words.index("--model") + 1]

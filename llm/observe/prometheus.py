@@ -166,28 +166,51 @@ class PrometheusHook(Hook):
                     child = self._children[key] = metric.labels(*labels)
         return child
 
+    def _of_attempt(self, key: tuple[str, str, int | None]) -> tuple[Any, ...]:
+        route, outcome, status = key
+        shown = "" if status is None else str(status)
+        children = (
+            self._child(self._attempts, route, outcome, shown),
+            self._child(self._attempt_seconds, route, outcome),
+            self._child(self._ttft, route),
+            self._child(self._tokens, route, "prompt"),
+            self._child(self._tokens, route, "completion"),
+            self._child(self._tokens, route, "cached"),
+        )
+        self._children[key] = children
+        return children
+
     # -- events ------------------------------------------------------------------------
 
     def attempt_ended(self, event: AttemptEnded) -> None:
-        route, outcome = event.route, event.outcome
-        status = "" if event.status_code is None else str(event.status_code)
-        self._child(self._attempts, route, outcome, status).inc()
-        self._child(self._attempt_seconds, route, outcome).observe(event.duration_s)
+        key = (event.route, event.outcome, event.status_code)
+        children = self._children.get(key) or self._of_attempt(key)
+        count, seconds, ttft, prompt, completion, cached = children
+        count.inc()
+        seconds.observe(event.duration_s)
         if event.ttft_s is not None:
-            self._child(self._ttft, route).observe(event.ttft_s)
+            ttft.observe(event.ttft_s)
         if event.retry_reason is not None:
-            self._child(self._retries, route, event.retry_reason).inc()
+            self._child(self._retries, event.route, event.retry_reason).inc()
         if event.prompt_tokens:
-            self._child(self._tokens, route, "prompt").inc(event.prompt_tokens)
+            prompt.inc(event.prompt_tokens)
         if event.completion_tokens:
-            self._child(self._tokens, route, "completion").inc(event.completion_tokens)
+            completion.inc(event.completion_tokens)
         if event.cached_tokens:
-            self._child(self._tokens, route, "cached").inc(event.cached_tokens)
+            cached.inc(event.cached_tokens)
 
     def call_ended(self, event: CallEnded) -> None:
         model = event.call.model or ""
-        self._child(self._calls, model, event.outcome).inc()
-        self._child(self._call_seconds, model, event.outcome).observe(event.duration_s)
+        key = ("call", model, event.outcome)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self._child(self._calls, model, event.outcome),
+                self._child(self._call_seconds, model, event.outcome),
+            )
+        count, seconds = children
+        count.inc()
+        seconds.observe(event.duration_s)
         if event.failover:
             self._child(self._failovers, model).inc()
         if event.fallback:
