@@ -370,7 +370,8 @@ def test_a_base_url_without_v1_is_named_as_requested(tmp_path, fleet):
     )
     bare, prefixed = report.checks
     assert bare.health_ms is not None  # GET /health answered
-    assert bare.error == "/models answered HTTP 404 (check the route's base_url: vLLM's ends in /v1)"
+    hint = "(check the route's base_url: vLLM's ends in /v1)"
+    assert bare.error == f"/models answered HTTP 404 {hint}"
     assert prefixed.error == "/openai/health answered HTTP 404"
 
 
