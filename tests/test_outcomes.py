@@ -86,6 +86,13 @@ def test_verdict_for_status(status: int, verdict: Verdict) -> None:
     assert verdict_for_status(status) is verdict
 
 
+@pytest.mark.parametrize("status", [404, 405])
+def test_a_missing_endpoint_other_than_completions_is_the_requests_fault(status):
+    assert verdict_for_status(status, other_endpoint=True) is Verdict.CALLER_FAULT
+    expected = Verdict.MISCONFIGURED if status == 404 else Verdict.CALLER_FAULT
+    assert verdict_for_status(status) is expected  # (chat) completions: the base_url is wrong
+
+
 # -- server messages ---------------------------------------------------------------------
 
 

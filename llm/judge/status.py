@@ -42,9 +42,15 @@ _ROUTE_FAILURE_4XX = frozenset({408, 425, 429})
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 
 
-def verdict_for_status(status: int) -> Verdict:
+def verdict_for_status(status: int, other_endpoint: bool = False) -> Verdict:
+    """What ``status`` says of the route. ``other_endpoint``: the call was to an endpoint other
+    than (chat) completions (an SDK call to /v1/embeddings, /v1/responses...), whose 404 means
+    the server lacks it: the request's fault, not the route's (a route whose model is missing
+    is found by its checks of /v1/models)."""
     if 200 <= status < 300:
         return Verdict.OK
+    if status == 404 and other_endpoint:
+        return Verdict.CALLER_FAULT
     if status >= 500 or status in _ROUTE_FAILURE_4XX:
         return Verdict.ROUTE_FAILURE
     if status in _MISCONFIGURED:

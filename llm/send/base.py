@@ -249,12 +249,7 @@ class EngineBase:
         """A Reply on success; None when the route failed (try the next); raises the
         request's own fault (a 400...) after recording it."""
         status, headers = answer.status_code, answer.headers
-        verdict = verdict_for_status(status)
-        if status == 404 and expect is None:
-            # An endpoint other than (chat) completions that the server does not have (an SDK
-            # call to /v1/embeddings, /v1/responses...): the request's fault, not the route's.
-            # A route whose model is missing is found by its checks of /v1/models.
-            verdict = Verdict.CALLER_FAULT
+        verdict = verdict_for_status(status, expect is None)
         if verdict is Verdict.OK:
             data, problem = decode_answer(content, expect)
             if problem is None:
