@@ -86,7 +86,7 @@ async def test_prometheus_carries_a_failover_a_stream_a_retry_and_an_ejection(se
                 break
             await asyncio.sleep(0.1)
     assert pieces
-    calls = value(found, "llm_routes_calls_total", model="tiny", outcome="ok")
+    calls = value(found, "llm_routes_calls_total", model="tiny", route="b", outcome="ok")
     assert calls == 4
     assert value(found, "llm_routes_call_duration_seconds_count", model="tiny", outcome="ok") == 4
     refused = value(
@@ -122,7 +122,7 @@ def test_prometheus_from_the_config_uses_the_global_registry(servers):
             text = generate_latest(REGISTRY).decode()
         finally:
             hook.unregister()
-    assert 'llm_routes_calls_total{model="tiny",outcome="ok"} 1.0' in text
+    assert 'llm_routes_calls_total{model="tiny",outcome="ok",route="a"} 1.0' in text
     assert "llm_routes_calls_total" not in generate_latest(REGISTRY).decode()
 
 
@@ -144,10 +144,11 @@ def test_a_failed_call_is_counted_by_its_error_and_a_fallback_as_one(servers):
             p.add_hook(PrometheusHook(registry2 := CollectorRegistry()))
             assert p.chat_completion(MESSAGES).route == "fb"
     found = samples(registry)
-    assert value(found, "llm_routes_calls_total", model="tiny", outcome="AllRoutesFailedError") == 1
+    outcome = "AllRoutesFailedError"
+    assert value(found, "llm_routes_calls_total", model="tiny", route="", outcome=outcome) == 1
     found = samples(registry2)
     assert value(found, "llm_routes_fallbacks_total", model="tiny") == 1
-    assert value(found, "llm_routes_calls_total", model="tiny", outcome="ok") == 1
+    assert value(found, "llm_routes_calls_total", model="tiny", route="fb", outcome="ok") == 1
 
 
 # -- OpenTelemetry -----------------------------------------------------------------------

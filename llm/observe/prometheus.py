@@ -41,7 +41,8 @@ PREFIX = "llm_routes"
 DEFAULT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 METRICS = {
-    "llm_routes_calls_total": "calls ended, by model and outcome (ok or the error's class)",
+    "llm_routes_calls_total": "calls ended, by model, the route that answered (none: '') and "
+    "outcome (ok or the error's class)",
     "llm_routes_call_duration_seconds": "a call's whole time, all attempts (a stream: to its end)",
     "llm_routes_attempts_total": "attempts ended, by route, outcome and HTTP status",
     "llm_routes_attempt_duration_seconds": "an attempt's time, by route and outcome",
@@ -77,7 +78,10 @@ class PrometheusHook(Hook):
         self.registry = registry if registry is not None else REGISTRY
         reg, b = self.registry, tuple(buckets)
         self._calls = Counter(
-            f"{PREFIX}_calls", _help("llm_routes_calls_total"), ["model", "outcome"], registry=reg
+            f"{PREFIX}_calls",
+            _help("llm_routes_calls_total"),
+            ["model", "route", "outcome"],
+            registry=reg,
         )
         self._call_seconds = Histogram(
             f"{PREFIX}_call_duration_seconds",
@@ -200,12 +204,12 @@ class PrometheusHook(Hook):
             cached.inc(event.cached_tokens)
 
     def call_ended(self, event: CallEnded) -> None:
-        model = event.call.model or ""
-        key = ("call", model, event.outcome)
+        model, route = event.call.model or "", event.route or ""
+        key = ("call", model, route, event.outcome)
         children = self._children.get(key)
         if children is None:
             children = self._children[key] = (
-                self._child(self._calls, model, event.outcome),
+                self._child(self._calls, model, route, event.outcome),
                 self._child(self._call_seconds, model, event.outcome),
             )
         count, seconds = children
