@@ -74,16 +74,8 @@ def real_keys() -> set[str]:
     return keys
 
 
-def shown(value: Any) -> str:
-    if isinstance(value, bool):
-        return f"`{str(value).lower()}`"
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, (tuple, list)):
-        return f"`[{', '.join(map(str, value))}]`"
-    if hasattr(value, "keys"):
-        return f"`{dict(value) or '{}'}`"
-    return f"`{value}`"
+# a plain value as the reference shows it (the values themselves are found here, independently)
+shown = reference.show
 
 
 def real_defaults() -> dict[str, Any]:

@@ -23,6 +23,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, TextIO
 
+from ..config.load import DEFAULT_PATH
 from ..errors import ConfigError
 from ..providers.vllm_openai import VLLMOpenAIProvider
 from . import demo
@@ -115,7 +116,7 @@ def target_source(
         return environ["LLM_CONFIG"]
     if environ.get("VLLM_BASE_URL") or environ.get("VLLM_BASE"):
         return None
-    local = os.path.join(cwd if cwd is not None else os.getcwd(), "config.yaml")
+    local = os.path.join(cwd if cwd is not None else os.getcwd(), DEFAULT_PATH)
     return local if os.path.isfile(local) else None
 
 
