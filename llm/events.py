@@ -83,8 +83,9 @@ class CallStarted:
 class AttemptStarted:
     """An attempt about to be sent: ``number`` counts from 1; ``server_address`` and
     ``server_port`` are the route's host and port; ``delay_s`` the backoff waited before it;
-    ``fallback`` whether ``route`` is the fallback route. ``headers`` starts empty: what a
-    hook puts there is sent with this attempt's request (never secrets of the route's)."""
+    ``fallback`` whether ``route`` is the fallback route; ``hedge`` whether this attempt is a
+    hedge (sent while an earlier one still waits). ``headers`` starts empty: what a hook puts
+    there is sent with this attempt's request (never secrets of the route's)."""
 
     call: CallInfo
     number: int
@@ -95,6 +96,7 @@ class AttemptStarted:
     delay_s: float
     fallback: bool
     headers: dict[str, str] = field(default_factory=dict)
+    hedge: bool = False
 
 
 @dataclass(slots=True)  # read-only by convention: a frozen one costs µs to make
@@ -105,7 +107,10 @@ class AttemptEnded:
     sending to the answer's end (``None`` for a stream closed early), ``ttft_s`` to a stream's
     first token. Tokens are the answer's usage (``completion_tokens`` of a stream: counted
     from its events when it sent no usage). ``retry_reason`` is the previous attempt's outcome
-    when this one is a retry. ``error`` is the failure's text, masked of secrets."""
+    when this one is a retry. ``error`` is the failure's text, masked of secrets. ``hedge``
+    says the attempt was a hedge; an attempt cancelled because another one of its call
+    answered first ends with the outcome ``hedge_lost`` (or ``stalled``, when its route had
+    answered nothing for a stall's length: that counts against the route)."""
 
     call: CallInfo
     number: int
@@ -125,6 +130,7 @@ class AttemptEnded:
     delay_s: float
     fallback: bool
     error: str | None
+    hedge: bool = False
 
 
 @dataclass(slots=True)  # read-only by convention: a frozen one costs µs to make
@@ -133,7 +139,9 @@ class CallEnded:
     (``AllRoutesFailedError``, ``BadRequestError``, ``cancelled``...). ``route`` and
     ``model`` are those of the attempt that answered (``None`` when none did); ``failover``
     is true when that was not the first attempt's route, ``fallback`` when it was the
-    fallback route. ``duration_s`` runs from the call's start to its end (a stream's end)."""
+    fallback route. ``duration_s`` runs from the call's start to its end (a stream's end).
+    ``hedged`` says a hedge was sent, ``hedge_won`` that the answer was the hedge's (a call
+    answered by its hedge is not counted a ``failover``)."""
 
     call: CallInfo
     outcome: str
@@ -148,6 +156,8 @@ class CallEnded:
     failover: bool
     fallback: bool
     error: LLMError | None = None
+    hedged: bool = False
+    hedge_won: bool = False
 
 
 ChangeKind = Literal["ejected", "misconfigured", "recovered"]

@@ -203,6 +203,27 @@ MEANINGS: dict[str, Doc] = {
         " `0` turns this off"
     ),
     "llm.health.stall_min": Doc("the shortest such quiet spell, seconds"),
+    "llm.hedge": Doc(
+        "Hedged attempts: a call still without its answer (a stream: its first token) after"
+        " what its route usually takes gets a second attempt on another route; the first"
+        f" answer wins (see [Hedging]({FAILURES}#hedging))."
+    ),
+    "llm.hedge.enabled": Doc(
+        "every call hedges unless it says `hedge=False` (else only calls saying `hedge=True`)"
+    ),
+    "llm.hedge.quantile": Doc(
+        "hedge after this quantile of the route's recent latencies (streams: times to first"
+        " token); its pool's when the route has too few"
+    ),
+    "llm.hedge.min_delay": Doc("the shortest wait before a hedge, seconds"),
+    "llm.hedge.max_delay": Doc(
+        "the longest wait before a hedge, seconds; also the wait before enough is measured"
+    ),
+    "llm.hedge.budget": Doc(
+        "fraction of calls that may hedge, over time; none hedges while the route it would"
+        " go to reports a queue (or is at its reported capacity)"
+    ),
+    "llm.hedge.burst": Doc("hedges held in reserve beyond `budget`, for a sudden fault"),
 }
 
 # Where each key's value lands on the parsed config, when not at the same path

@@ -42,6 +42,7 @@ SNAPSHOT_KEYS = {
     "max_model_len",
     "max_model_len_source",
     "affinity",
+    "hedges",
     "discovered_by",
 }
 

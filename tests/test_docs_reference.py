@@ -45,6 +45,7 @@ SECTIONS = {
     "health": ("HEALTH_KEYS", "health"),
     "load": ("LOAD_KEYS", "load"),
     "affinity": ("AFFINITY_KEYS", "affinity"),
+    "hedge": ("HEDGE_KEYS", "hedge"),
 }
 KNOWN_TUPLES = {
     "LLM_KEYS",
@@ -59,6 +60,7 @@ DATACLASSES = {
     "health": model.HealthConfig,
     "load": model.LoadConfig,
     "affinity": model.AffinityConfig,
+    "hedge": model.HedgeConfig,
 }
 MINIMAL = {"llm": {"routes": {"r": {"base_url": "http://127.0.0.1:8000/v1", "model": "m"}}}}
 

@@ -4,8 +4,8 @@ The body is the config's ``params``, overlaid with the call's keywords (a keywor
 removes a config default; ``extra_body={...}`` is merged as it is), overlaid with the call's
 own payload (``messages`` or ``prompt``); ``model`` is left out (each route supplies its own)
 and ``stream`` follows the method. The control keywords (``route``, ``model``, ``deadline``,
-``max_retries``, ``session``) steer the call instead. Everything is checked here, before any I/O
-(``validate``).
+``max_retries``, ``session``, ``hedge``) steer the call instead. Everything is checked here,
+before any I/O (``validate``).
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ def build_spec(
         deadline=options.get("deadline"),
         max_retries=options.get("max_retries"),
         session=options.get("session"),
+        hedge=options.get("hedge"),
     )
 
 

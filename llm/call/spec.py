@@ -38,6 +38,7 @@ class CallSpec:
     headers: Mapping[str, str] = field(default_factory=dict)
     session: str | None = None  # an explicit affinity key (call/affinity.py)
     fallback: bool = True  # may go on to the fallback route (another model) when the pool fails
+    hedge: bool | None = None  # may hedge (llm.hedge); None: as the config says
 
 
 class BodyEncoder:

@@ -20,12 +20,12 @@ from ..config.body_keys import BODY_KEYS, SERVER_KEYS
 from ..errors import InvalidRequestError
 
 # Keywords that steer the call rather than the body.
-CONTROL_KEYS = frozenset({"route", "model", "deadline", "max_retries", "session"})
+CONTROL_KEYS = frozenset({"route", "model", "deadline", "max_retries", "session", "hedge"})
 
 
 def check_controls(options: Mapping[str, Any]) -> None:
-    """``route``, ``model``, ``session``, ``deadline`` and ``max_retries`` have usable
-    values."""
+    """``route``, ``model``, ``session``, ``deadline``, ``max_retries`` and ``hedge`` have
+    usable values."""
     for key in ("route", "model"):
         name = options.get(key)
         if name is not None and not isinstance(name, str):
@@ -43,6 +43,9 @@ def check_controls(options: Mapping[str, Any]) -> None:
     max_retries = options.get("max_retries")
     if max_retries is not None and not (_is_int(max_retries) and max_retries >= 0):
         raise InvalidRequestError(f"max_retries must be an integer >= 0, got {shown(max_retries)}")
+    hedge = options.get("hedge")
+    if hedge is not None and not isinstance(hedge, bool):
+        raise InvalidRequestError(f"hedge must be True or False, got {shown(hedge)}")
 
 
 _ROLES = ("system", "developer", "user", "assistant", "tool", "function")

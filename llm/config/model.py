@@ -186,6 +186,26 @@ class AffinityConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HedgeConfig:
+    """Hedged attempts (``llm.hedge``; see ``routing/hedge.py`` and docs/failure-handling.md).
+
+    ``enabled``: calls hedge unless they say ``hedge=False`` (else only those saying
+    ``hedge=True``); ``quantile``: an attempt still without its answer (a stream: its first
+    token) after this quantile of what its route (else its model's pool) usually takes gets a
+    second attempt on another route; ``min_delay``/``max_delay`` bound that wait (``max_delay``
+    is also the wait before enough has been measured); ``budget``: the fraction of calls that
+    may hedge over time, with ``burst`` hedges in reserve for a sudden fault.
+    """
+
+    enabled: bool = False
+    quantile: float = 0.95
+    min_delay: float = 0.05
+    max_delay: float = 10.0
+    budget: float = 0.05
+    burst: int = 20
+
+
+@dataclass(frozen=True, slots=True)
 class LLMConfig:
     """The whole ``llm:`` section, validated."""
 
@@ -206,6 +226,7 @@ class LLMConfig:
     affinity: AffinityConfig = field(default_factory=AffinityConfig)
     context_fallback: str | None = None
     hooks: tuple[str, ...] = ()  # references to hooks (llm.events), resolved by the provider
+    hedge: HedgeConfig = field(default_factory=HedgeConfig)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "routes", _frozen_mapping(self.routes))
@@ -232,6 +253,7 @@ class LLMConfig:
                 self.affinity,
                 self.context_fallback,
                 self.hooks,
+                self.hedge,
             ),
         )
 

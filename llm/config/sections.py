@@ -34,6 +34,7 @@ from .model import (
     AffinityConfig,
     Discovery,
     HealthConfig,
+    HedgeConfig,
     LLMConfig,
     LoadConfig,
     RetryConfig,
@@ -69,6 +70,7 @@ LLM_KEYS = (
     "default_route",
     "fallback_route",
     "health",
+    "hedge",
     "hooks",
     "lb_policy",
     "load",
@@ -100,6 +102,7 @@ HEALTH_KEYS = (
     "stall_min",
 )
 LOAD_KEYS = ("max_age", "orca", "poll_interval")
+HEDGE_KEYS = ("budget", "burst", "enabled", "max_delay", "min_delay", "quantile")
 AFFINITY_KEYS = ("by_prefix", "homes", "load_bound", "prefix_chars", "spill_ratio")
 DISCOVER_KEYS = ("dns", "file", "interval")
 CONTROL_PARAMS = ("connect_timeout", "deadline", "max_response_bytes", "max_retries", "timeout")
@@ -367,6 +370,30 @@ def _load(path: str, value: object) -> LoadConfig:
     )
 
 
+def _hedge(path: str, value: object) -> HedgeConfig:
+    raw = read_mapping(path, value, optional=True)
+    check_keys(path, raw, HEDGE_KEYS)
+    defaults = HedgeConfig()
+
+    def read(key: str, default: float, **bounds: Any) -> float:
+        return read_number(join(path, key), raw.get(key, default), **bounds)
+
+    min_delay = read("min_delay", defaults.min_delay, minimum=0)
+    return HedgeConfig(
+        enabled=read_bool(join(path, "enabled"), raw.get("enabled", defaults.enabled)),
+        quantile=read("quantile", defaults.quantile, minimum=0, exclusive=True, maximum=1),
+        min_delay=min_delay,
+        max_delay=read(
+            "max_delay",
+            max(defaults.max_delay, min_delay),
+            minimum=min_delay,
+            expected=f"a number >= min_delay ({fmt_number(min_delay)})",
+        ),
+        budget=read("budget", defaults.budget, minimum=0, maximum=1),
+        burst=read_integer(join(path, "burst"), raw.get("burst", defaults.burst), minimum=0),
+    )
+
+
 def _affinity(path: str, value: object) -> AffinityConfig:
     raw = read_mapping(path, value, optional=True)
     check_keys(path, raw, AFFINITY_KEYS)
@@ -498,4 +525,5 @@ def build(raw: Mapping[Any, Any], source: str | None) -> LLMConfig:
         affinity=_affinity(join(path, "affinity"), raw.get("affinity")),
         context_fallback=context_fallback,
         hooks=_hooks(join(path, "hooks"), raw.get("hooks")),
+        hedge=_hedge(join(path, "hedge"), raw.get("hedge")),
     )

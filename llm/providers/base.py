@@ -72,6 +72,7 @@ class ProviderBase:
             load_max_age=config.load.max_age,
             affinity=config.affinity,
             context_fallback=config.context_fallback,
+            hedge=config.hedge,
         )
         self._hooks = ProviderHooks(self.balancer, self)
         for hook in chosen:

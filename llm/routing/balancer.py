@@ -15,10 +15,18 @@ The request life cycle, as the engines drive it::
     balancer.succeeded(route, started, latency=..., ttft=...)
     balancer.failed(route, started, "connect error", retry_after=...)   # ejects
     balancer.finished(route, started)                # neither: the caller's fault or a cancel
+    balancer.abandon(route, started)                 # cancelled: another attempt answered first
 
 ``pick`` asks the policy, then steps around a *stalled* route: one with requests in flight and
 none ending for ``stall_factor`` times its usual latency. A server that accepts and hangs
 would otherwise collect its share of every new request until the first of them times out.
+
+A hedge's loser (``abandon``) is no evidence against its route, and does not end the route's
+quiet spell either: a hung server whose attempts are all cancelled by hedges still looks
+stalled. Once ``STALL_ABANDONS`` attempts were abandoned on a route that has answered nothing
+since, an abandoned one on a stalled route counts as its failure: a hung route is still
+ejected. ``hedger`` (``hedge.py``) keeps the hedges' delays and budget; ``saturated`` says
+whether a route has room for a hedge.
 
 Health changes (ejected, misconfigured, healthy again) go to the ``on_health`` listener as
 ``events.HealthChange`` records, after the lock is released; the balancer itself never logs.
@@ -34,19 +42,24 @@ import time
 from collections.abc import Callable, Collection, Container, Iterable, Sequence
 from typing import Any
 
-from ..config import AffinityConfig, HealthConfig, RouteConfig
+from ..config import AffinityConfig, HealthConfig, HedgeConfig, RouteConfig
 from ..config.model import serving
 from ..config.redact import Redactor
 from ..events import Hooks, LoadReported
 from .affinity import Affinity
 from .events import HealthChange, HealthListener
 from .health import RouteHealth
+from .hedge import Hedger, saturated
 from .indexes import Either
 from .load import DEFAULT_MAX_AGE, record_report
 from .policies import POLICIES, LeastLatency, LeastLoad, Policy, RoundRobin
 from .state import WARMUP_SAMPLES, Pool, RouteState
 
 Clock = Callable[[], float]
+
+STALL_ABANDONS = 3
+"""Attempts abandoned unanswered on a route since its last answer before a stall counts as
+its failure: one long answer lost to a hedge is not a hung server."""
 
 
 class Balancer:
@@ -65,6 +78,7 @@ class Balancer:
         load_max_age: float = DEFAULT_MAX_AGE,
         affinity: AffinityConfig | None = None,
         context_fallback: str | None = None,
+        hedge: HedgeConfig | None = None,
     ) -> None:
         self.health_config = health or HealthConfig()
         self.affinity_config = affinity or AffinityConfig()
@@ -76,6 +90,7 @@ class Balancer:
         self.rng = rng or random.Random()
         self.lock = threading.Lock()
         self.policy: Policy = self._make_policy(policy)
+        self.hedger = Hedger(hedge or HedgeConfig())
         self.alpha = self.health_config.ewma_alpha
         self.stall_factor = self.health_config.stall_factor
         self.stall_min = self.health_config.stall_min
@@ -208,6 +223,7 @@ class Balancer:
             for name in retired:
                 route = self.routes[name]
                 route.retired = True
+                self.hedger.forget(name)
                 if not route.in_flight:
                     del self.routes[name]
             if joined or retired:
@@ -343,16 +359,19 @@ class Balancer:
 
     # -- reporting -----------------------------------------------------------------------
 
-    def dispatch(self, route: RouteState, tokens: int = 0) -> float:
-        """A request asking for ``tokens`` goes to ``route`` now; returns its start time for
-        the reports (the clock's, or a float step later when the route was ejected at this
-        same clock reading). Every report of it gives the same ``tokens`` back."""
+    def dispatch(self, route: RouteState, tokens: int = 0, hedge: bool = False) -> float:
+        """A request asking for ``tokens`` goes to ``route`` now (``hedge``: as a call's
+        hedge); returns its start time for the reports (the clock's, or a float step later
+        when the route was ejected at this same clock reading). Every report of it gives the
+        same ``tokens`` back."""
         lock = self.lock
         lock.acquire()
         try:
             now = self.clock()
-            if not route.in_flight:
+            if not route.in_flight and not route.abandoned:
                 route.busy_since = now
+            if hedge:
+                route.hedges_started += 1
             route.in_flight += 1
             route.requests += 1
             route.tokens_in_flight += tokens
@@ -367,6 +386,7 @@ class Balancer:
         route.in_flight -= 1
         route.tokens_in_flight -= tokens
         route.last_done = now
+        route.abandoned = 0
         for watcher in route.watchers:
             watcher.loaded(route)
         if route.retired and not route.in_flight and self.routes.get(route.name) is route:
@@ -385,12 +405,13 @@ class Balancer:
         kv_usage: float | None = None,
         prompt_tokens: int = 0,
         cached_tokens: int = 0,
+        stream: bool = False,
     ) -> None:
-        """The request answered well. ``latency`` (whole answer) and ``ttft`` (first token)
-        are its measurements; ``generated`` the tokens it produced in ``latency`` (less
-        ``ttft`` when both are known); ``waiting`` and ``kv_usage`` the server's ORCA load
-        report that came with it; ``prompt_tokens`` and ``cached_tokens`` its usage's
-        (for ``stats()``)."""
+        """The request (``stream``: a streamed one) answered well. ``latency`` (whole
+        answer) and ``ttft`` (first token) are its measurements; ``generated`` the tokens it
+        produced in ``latency`` (less ``ttft`` when both are known); ``waiting`` and
+        ``kv_usage`` the server's ORCA load report that came with it; ``prompt_tokens`` and
+        ``cached_tokens`` its usage's (for ``stats()``)."""
         health = route.health
         lock = self.lock
         lock.acquire()
@@ -417,6 +438,9 @@ class Balancer:
             if ttft is not None:
                 n = route.ttft_samples = route.ttft_samples + 1
                 route.ttft_ewma = _smoothed(route.ttft_ewma, ttft, n, alpha)
+            waited = ttft if stream else latency  # what a hedge of such a call waits for
+            if waited is not None:
+                self.hedger.observe(route.name, route.config.model, waited, stream)
             if latency is not None or ttft is not None:
                 route.last_sample_at = now
             if waiting is not None:
@@ -470,6 +494,61 @@ class Balancer:
             route.health.on_neutral(started_at)
         finally:
             lock.release()
+
+    def abandon(
+        self, route: RouteState, started_at: float, tokens: int = 0, pool: Pool | None = None
+    ) -> str | None:
+        """The request was cancelled unanswered: another attempt of its call answered first.
+        No evidence about the route, unless the route was already stalled (``pool``: the
+        routes a route not measured yet is held to): then it is the route's failure (ejected
+        as ``failed`` would); returns the reason, else None."""
+        with self.lock:
+            now = self.clock()
+            route.hedges_cancelled += 1
+            route.abandoned += 1
+            if route.abandoned < STALL_ABANDONS or not self._stalled(route, now, pool):
+                route.in_flight -= 1
+                route.tokens_in_flight -= tokens  # its quiet spell goes on: last_done stays
+                for watcher in route.watchers:
+                    watcher.loaded(route)
+                if route.retired and not route.in_flight and self.routes.get(route.name) is route:
+                    del self.routes[route.name]
+                route.health.on_neutral(started_at)
+                return None
+            quiet = now - max(route.busy_since, route.last_done)
+            reason = f"no answer for {quiet:.1f}s (stalled); its calls went to other routes"
+            self._ended(route, now, tokens)
+            route.failures += 1
+            route.last_error = reason
+            ejected = route.health.on_failure(started_at, now, self.rng, 0.0)
+            until = route.health.ejected_until - now
+        if ejected and self.on_health is not None:
+            self.on_health(HealthChange("ejected", route.name, reason, until))
+        return reason
+
+    def hedge_delay(self, route: RouteState, stream: bool, first: bool = True) -> float:
+        """How long an attempt on ``route`` waits before a hedge (``hedge.Hedger.delay``);
+        ``first``: the call's first attempt, which adds the call's share to the budget."""
+        with self.lock:
+            hedger = self.hedger
+            if first:
+                hedger.called()
+            return hedger.delay(route.name, route.config.model, stream)
+
+    def take_hedge(self) -> bool:
+        """Spend one hedge of the budget (False: it is spent)."""
+        with self.lock:
+            return self.hedger.take()
+
+    def hedge_won(self, route: RouteState) -> None:
+        """A hedge sent to ``route`` gave its call the answer."""
+        with self.lock:
+            route.hedges_won += 1
+
+    def saturated(self, route: RouteState) -> bool:
+        """Whether ``route`` has no room for a hedge (``hedge.saturated``)."""
+        with self.lock:
+            return saturated(route, self.clock(), self.load_max_age)
 
     def observe_check(self, name: str, healthy: bool, reason: str | None = None) -> None:
         """An active check's verdict: a failing healthy route is ejected; a passing ejected

@@ -18,9 +18,17 @@ Theory of operation
 
 Reporting: ``start`` marks the route busy and returns the start time; ``succeeded``,
 ``failed`` and ``finished`` (no evidence either way) release it, update health and record an
-``Attempt``. One attempt is open at a time (``attempt_open``), and it is reported exactly
+``Attempt``. An attempt is open from ``start`` to its first report, and reported exactly
 once: a second report of it is ignored, so whatever a sender, a parser or the caller raises,
 and wherever, the route's in-flight count and trial slot are released once and only once.
+
+Hedging (``hedge.py``): ``hedge_delay`` says how long an attempt may wait before a hedge
+(None: the call does not hedge); when it has passed, ``hedge`` gives the hedge's route (an
+untried route with room for it, within the budget) or None. Two attempts are then open at
+once, on two routes, so an open attempt is known by its route; reports may come from two
+threads (the sync engine's), and claiming an attempt (``dict.pop``) is atomic. The race's
+loser is reported with ``abandon``; ``won`` marks a hedge that answered. A hedge is not a
+retry: it does not count against ``max_retries``.
 
 Hooks (``llm.events``): when the engine gave the plan a ``call`` and its ``hooks``, ``start``
 emits ``AttemptStarted`` (keeping the headers hooks added in ``attempt_headers``), each report
@@ -43,6 +51,7 @@ from ..errors import AllRoutesFailedError, Attempt, LLMError, NoRouteError, Rout
 from ..events import AttemptEnded, AttemptStarted, CallEnded, CallInfo, Hooks
 from .balancer import Balancer
 from .fit import min_limit, need_of, no_fit_error, unfit
+from .hedge import MAX_HEDGES
 from .indexes import Either
 from .state import Pool, RouteState
 
@@ -62,11 +71,13 @@ def plan_call(
     key: bytes | None = None,
     prompt_tokens: int = 0,
     fallback: bool = True,
+    hedge: bool = False,
 ) -> CallPlan:
     """The plan of one call: ``route`` pinned, else ``model``'s pool then the fallback route
     (``key``: the call's affinity key, ``affinity.py``; ``prompt_tokens``: its estimated
     prompt, which with ``tokens`` must fit a route's context window, ``fit.py``;
-    ``fallback=False``: never the fallback route, which serves another model).
+    ``fallback=False``: never the fallback route, which serves another model; ``hedge``:
+    the call may hedge).
 
     Raises ``NoRouteError`` naming what exists when no route has that name or serves that
     model, ``ContextWindowError`` when the call fits no route it could go to."""
@@ -110,6 +121,7 @@ def plan_call(
         key=key,
     )
     plan.pinned = route is not None or not fallback
+    plan.may_hedge = hedge and route is None
     plan.prompt_tokens = prompt_tokens
     if balancer.limits_known:
         need = need_of(prompt_tokens, tokens)
@@ -130,20 +142,23 @@ def backoff_delay(retry_number: int, retry: RetryConfig, rng: random.Random) -> 
 class CallPlan:
     __slots__ = (
         "_answer",
-        "_current",
+        "_open",
         "attempt_headers",
-        "attempt_open",
         "attempts",
         "balancer",
+        "begun",
         "call",
         "clock",
         "deadline_at",
         "delay",
         "fallback",
+        "hedge_won",
+        "hedges",
         "hooks",
         "key",
         "last_error",
         "max_attempts",
+        "may_hedge",
         "pinned",
         "pool",
         "prompt_tokens",
@@ -182,8 +197,13 @@ class CallPlan:
         self.started_at = self.clock()
         self.deadline_at = self.started_at + deadline
         self.tried: list[RouteState] = []
-        self.attempts: list[Attempt] = []
-        self.attempt_open = False
+        self.attempts: list[Attempt] = []  # in the order they ended
+        # the open attempts, by route: (number, hedge, AttemptStarted or None, retry reason)
+        self._open: dict[RouteState, tuple[int, bool, AttemptStarted | None, str | None]] = {}
+        self.begun = 0  # attempts started, hedges included
+        self.hedges = 0  # hedges started
+        self.may_hedge = False
+        self.hedge_won = False  # the answer came from a hedge
         self.last_error: LLMError | None = None
         self.repeats = 0
         self.delay = 0.0
@@ -195,7 +215,6 @@ class CallPlan:
         self.call: CallInfo | None = None  # set with ``hooks`` when some hook listens
         self.hooks: Hooks | None = None
         self.attempt_headers: dict[str, str] | None = None  # what hooks add to the request
-        self._current: AttemptStarted | None = None
         self._answer: tuple[RouteState, float | None, int, int | None, int] | None = None
 
     # -- fitting -------------------------------------------------------------------------
@@ -243,7 +262,7 @@ class CallPlan:
 
     def next(self) -> RouteState | None:
         """The route of the next attempt (``delay`` and ``timeout`` set), or None: give up."""
-        made = len(self.attempts)
+        made = self.begun - self.hedges
         if made >= self.max_attempts:
             return None
         now = self.clock()
@@ -301,13 +320,76 @@ class CallPlan:
 
     # -- reporting -----------------------------------------------------------------------
 
-    def start(self, route: RouteState) -> float:
+    def start(self, route: RouteState, hedge: bool = False) -> float:
+        """The attempt on ``route`` (``hedge``: a hedge) goes now; returns its start time."""
         self.tried.append(route)
-        self.attempt_open = True
-        started = self.balancer.dispatch(route, self.tokens)
+        self.begun += 1
+        if hedge:
+            self.hedges += 1
+        started = self.balancer.dispatch(route, self.tokens, hedge)
         if self.call is not None:
-            self._attempt_started(route)
+            self._open[route] = self._attempt_started(route, hedge)
+        else:
+            self._open[route] = (self.begun, hedge, None, None)
         return started
+
+    def is_open(self, route: RouteState) -> bool:
+        """Whether the attempt on ``route`` is still to be reported."""
+        return route in self._open
+
+    # -- hedging -------------------------------------------------------------------------
+
+    def hedge_delay(self, route: RouteState) -> float | None:
+        """How long the attempt on ``route`` may wait for its answer (a stream: its first
+        token) before a hedge is sent; None when the call does not hedge (not asked, pinned,
+        its hedge spent, or no time left for one)."""
+        if not self.may_hedge or self.hedges >= MAX_HEDGES:
+            return None
+        delay = self.balancer.hedge_delay(route, self.stream, first=self.begun == 1)
+        return delay if self.clock() + delay < self.deadline_at else None
+
+    def hedge(self) -> RouteState | None:
+        """The route of a hedge, sent now (``timeout`` set), or None: no route not tried yet
+        is available, the one the policy picks reports no room (``Balancer.saturated``), or
+        the budget is spent (``hedge.py``)."""
+        now = self.clock()
+        remaining = self.deadline_at - now
+        if remaining <= 0 or self.hedges >= MAX_HEDGES:
+            return None
+        balancer = self.balancer
+        if self.pool.stale:
+            self.pool = balancer.current(self.pool)
+        tried: Container[RouteState] = self.tried
+        if self.unfit:
+            tried = Either(tried, self.unfit)
+        route = balancer.pick(
+            self.pool, tried, self.stream, self.tokens, self.key, self.prompt_tokens
+        )
+        if route is None or balancer.saturated(route) or not balancer.take_hedge():
+            return None
+        self.delay = 0.0
+        timeout = route.config.timeout
+        self.timeout = remaining if remaining < timeout else timeout
+        return route
+
+    def won(self, route: RouteState, hedge: bool) -> None:
+        """The race's winner was the attempt on ``route`` (``hedge``: a hedge)."""
+        if hedge:
+            self.hedge_won = True
+            self.balancer.hedge_won(route)
+
+    def abandon(self, route: RouteState, started_at: float) -> None:
+        """The attempt on ``route`` is cancelled: another attempt of the call answered first
+        (``Balancer.abandon``: no evidence, unless the route had stalled)."""
+        opened = self._open.pop(route, None)
+        if opened is None:
+            return
+        reason = self.balancer.abandon(route, started_at, self.tokens, self.pool)
+        outcome = "hedge_lost" if reason is None else "stalled"
+        elapsed = self.clock() - started_at
+        self.attempts.append(Attempt(route.name, outcome, None, reason, elapsed))
+        if self.call is not None:
+            self._attempt_ended(opened, elapsed, None, None, 0, None, 0)
 
     def succeeded(
         self,
@@ -325,9 +407,9 @@ class CallPlan:
         """The attempt answered well: its measurements, the tokens it generated, the
         server's load report with it, if any, and its usage's prompt and cached tokens
         (``Balancer.succeeded``)."""
-        if not self.attempt_open:
+        opened = self._open.pop(route, None)
+        if opened is None:
             return
-        self.attempt_open = False
         self.balancer.succeeded(
             route,
             started_at,
@@ -339,12 +421,15 @@ class CallPlan:
             kv_usage=kv_usage,
             prompt_tokens=prompt_tokens,
             cached_tokens=cached_tokens,
+            stream=self.stream,
         )
         elapsed = self.clock() - started_at
         self.attempts.append(Attempt(route.name, "ok", None, None, elapsed))
         if self.call is not None:
             self._answer = (route, ttft, prompt_tokens, generated, cached_tokens)
-            self._attempt_ended(elapsed, latency, ttft, prompt_tokens, generated, cached_tokens)
+            self._attempt_ended(
+                opened, elapsed, latency, ttft, prompt_tokens, generated, cached_tokens
+            )
 
     def failed(
         self,
@@ -359,13 +444,13 @@ class CallPlan:
     ) -> None:
         """A failure that is the route's fault: eject it and remember why (its texts masked
         of every secret of the config, in place, before anything keeps or shows them)."""
-        if not self.attempt_open:
+        opened = self._open.pop(route, None)
+        if opened is None:
             return
-        self.attempt_open = False
         self.balancer.redact.error(error)
         reason = _short(error) or type(error).__name__
         self.balancer.failed(route, started_at, reason, retry_after, loud, self.tokens)
-        self._record(route, started_at, outcome, status_code, error)
+        self._record(opened, route, started_at, outcome, status_code, error)
 
     def finished(
         self,
@@ -376,16 +461,17 @@ class CallPlan:
         status_code: int | None = None,
     ) -> None:
         """The attempt ended without evidence about the route (caller's fault, cancelled)."""
-        if not self.attempt_open:
+        opened = self._open.pop(route, None)
+        if opened is None:
             return
-        self.attempt_open = False
         if error is not None:
             self.balancer.redact.error(error)
         self.balancer.finished(route, started_at, self.tokens)
-        self._record(route, started_at, outcome, status_code, error)
+        self._record(opened, route, started_at, outcome, status_code, error)
 
     def _record(
         self,
+        opened: tuple[int, bool, AttemptStarted | None, str | None],
         route: RouteState,
         started_at: float,
         outcome: str,
@@ -398,26 +484,32 @@ class CallPlan:
         if error is not None:
             self.last_error = error
         if self.call is not None:
-            self._attempt_ended(elapsed, None, None, 0, None, 0)
+            self._attempt_ended(opened, elapsed, None, None, 0, None, 0)
 
     # -- hooks -----------------------------------------------------------------------------
 
-    def _attempt_started(self, route: RouteState) -> None:
+    def _attempt_started(
+        self, route: RouteState, hedge: bool
+    ) -> tuple[int, bool, AttemptStarted | None, str | None]:
         hooks, call = self.hooks, self.call
         assert hooks is not None and call is not None
         config = route.config
         host, port = server_of(config.base_url)
         fallback = self.fallback is not None and route in self.fallback.routes
+        number = self.begun
         event = AttemptStarted(
-            call, len(self.attempts) + 1, route.name, config.model, host, port, self.delay, fallback
+            call, number, route.name, config.model, host, port, self.delay, fallback, hedge=hedge
         )
-        self._current = event
         if hooks.on_attempt_started:
             hooks.emit(hooks.on_attempt_started, event)
         self.attempt_headers = event.headers or None
+        # a retry's reason: how the attempt ended last (a hedge is no retry)
+        reason = self.attempts[-1].outcome if self.attempts and not hedge else None
+        return number, hedge, event, reason
 
     def _attempt_ended(
         self,
+        opened: tuple[int, bool, AttemptStarted | None, str | None],
         duration: float,
         latency: float | None,
         ttft: float | None,
@@ -425,11 +517,10 @@ class CallPlan:
         completion_tokens: int | None,
         cached_tokens: int,
     ) -> None:
-        hooks, begun, last = self.hooks, self._current, self.attempts[-1]
+        hooks, last = self.hooks, self.attempts[-1]
+        number, hedge, begun, retry_reason = opened
         if hooks is None or begun is None or not hooks.on_attempt_ended:
             return
-        number = begun.number
-        retry_reason = self.attempts[number - 2].outcome if number > 1 else None
         event = AttemptEnded(
             begun.call,
             number,
@@ -449,6 +540,7 @@ class CallPlan:
             begun.delay_s,
             begun.fallback,
             last.error,
+            hedge,
         )
         hooks.emit(hooks.on_attempt_ended, event)
 
@@ -462,7 +554,7 @@ class CallPlan:
             return
         answer = self._answer
         route = answer[0] if answer is not None else None
-        first = self.attempts[0].route if self.attempts else None
+        first = self.tried[0].name if self.tried else None
         event = CallEnded(
             call,
             outcome_of(error) if answer is None or error is not None else "ok",
@@ -474,9 +566,11 @@ class CallPlan:
             answer[2] if answer is not None else 0,
             answer[3] if answer is not None else None,
             answer[4] if answer is not None else 0,
-            route is not None and route.name != first,
+            route is not None and route.name != first and not self.hedge_won,
             route is not None and self.fallback is not None and route in self.fallback.routes,
             error if isinstance(error, LLMError) else None,
+            self.hedges > 0,
+            self.hedge_won,
         )
         hooks.emit(hooks.on_call_ended, event)
 

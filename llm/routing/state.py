@@ -29,11 +29,15 @@ class RouteState:
     """Mutable per-route record."""
 
     __slots__ = (
+        "abandoned",
         "busy_since",
         "cached_tokens",
         "config",
         "failures",
         "health",
+        "hedges_cancelled",
+        "hedges_started",
+        "hedges_won",
         "home_calls",
         "home_spills",
         "in_flight",
@@ -106,6 +110,12 @@ class RouteState:
         self.max_model_len = config.max_model_len
         self.limit_source: str | None = "config" if config.max_model_len else None
         self.retired = False  # discovery saw it go: in no pool, its calls in flight finish
+        self.hedges_started = 0  # hedges sent here
+        self.hedges_won = 0  # of those, the ones whose answer the call took
+        self.hedges_cancelled = 0  # attempts here cancelled: another attempt answered first
+        # attempts here cancelled unanswered since its last answer: the quiet spell that
+        # marks a stall (Balancer._stalled) goes on through them
+        self.abandoned = 0
 
     @property
     def done(self) -> int:
@@ -147,6 +157,11 @@ class RouteState:
             "max_model_len": self.max_model_len,
             "max_model_len_source": self.limit_source,
             "affinity": {"home_calls": self.home_calls, "home_spills": self.home_spills},
+            "hedges": {
+                "started": self.hedges_started,
+                "won": self.hedges_won,
+                "cancelled": self.hedges_cancelled,
+            },
             "discovered_by": self.config.group,
         }
 

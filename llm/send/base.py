@@ -93,6 +93,7 @@ class EngineBase:
         self.orca = config.load.asks_orca(config.lb_policy)  # ask for vLLM's load reports
         self.by_prefix = config.affinity.by_prefix
         self.prefix_chars = config.affinity.prefix_chars
+        self.hedge = config.hedge.enabled  # calls hedge unless they say otherwise
         self._urls: dict[tuple[str, str], str] = {}
         self._headers: dict[str, dict[str, str]] = {}
 
@@ -131,6 +132,7 @@ class EngineBase:
                     prompt_tokens(spec.body) if key is not None or self.balancer.limits_known else 0
                 ),
                 fallback=spec.fallback,
+                hedge=self.hedge if spec.hedge is None else spec.hedge,
             )
         except LLMError as error:
             if call is not None and hooks is not None and hooks.on_call_ended:
@@ -213,7 +215,7 @@ class EngineBase:
         attempt is reported as without evidence) or the attempt was reported already (the
         request's own fault, raised once recorded). Raises ``ProviderClosedError`` when the
         provider's closing ended the attempt: no route is blamed for that."""
-        if not plan.attempt_open:
+        if not plan.is_open(route):
             return False
         error = route_failure(route.name, exc, io_errors)
         if error is None:
