@@ -10,7 +10,8 @@ at a time, or a body that never ends, could hold a call for ever. Here the pools
 deadline the caller set with ``bounded(seconds)``. The engines bound an attempt this way from
 its connection to its whole answer, or for a stream to its first token; after that a stream's
 reads are bounded by the route's own timeout. The deadline lives in a context variable, so
-it belongs to the thread (or context) running the attempt.
+it belongs to the thread (or context) running the attempt. An attempt that a hedge's race
+cancels (``race.py``) has its socket shut down from the racing thread.
 
 Answers are decoded here (``decoding.decoded``: gzip and deflate, in pieces a size cap can
 count) since httpcore hands out the body as it came. Connection pools are made one per
@@ -34,6 +35,7 @@ from ..config import RouteConfig
 from .decoding import decoded
 from .lifecycle import closed_error
 from .protocols import Request
+from .race import CURRENT_CANCEL
 from .tls import tls_verify
 
 MAX_CONNECTIONS = 1000
@@ -72,14 +74,24 @@ def _bounded(timeout: float | None, error: type[Exception]) -> float | None:
     return left if timeout is None or left < timeout else timeout
 
 
+def _watched(stream: httpcore.NetworkStream) -> None:
+    """A hedge's race may cancel this thread's attempt (``race.Cancel``): it may then shut
+    down this stream's socket, whose blocked read or write returns at once."""
+    cancel = CURRENT_CANCEL.get()
+    if cancel is not None and not cancel.watch(stream.get_extra_info("socket")):
+        raise httpcore.ReadError("cancelled: another attempt of the call answered first")
+
+
 class _DeadlineStream(httpcore.NetworkStream):
     def __init__(self, stream: httpcore.NetworkStream) -> None:
         self._stream = stream
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        _watched(self._stream)
         return self._stream.read(max_bytes, _bounded(timeout, httpcore.ReadTimeout))
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        _watched(self._stream)
         self._stream.write(buffer, _bounded(timeout, httpcore.WriteTimeout))
 
     def close(self) -> None:

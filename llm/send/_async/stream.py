@@ -52,8 +52,10 @@ class AsyncStream:
         max_event_bytes: int,
         kind: AnswerKind | None,
         life: Lifecycle,
+        timeout: float | None = None,
     ) -> None:
         self._plan = plan
+        self._timeout = plan.timeout if timeout is None else timeout  # up to the first token
         self._route = route
         self._started = started
         self._answer = answer
@@ -78,7 +80,7 @@ class AsyncStream:
     async def prime(self) -> bool:
         """Read up to the first event with a payload. False (reported, closed) on failure."""
         decoder = self._decoder
-        clock, timeout, started = self._clock, self._plan.timeout, self._started
+        clock, timeout, started = self._clock, self._timeout, self._started
         try:
             async for chunk in self._raw:
                 self._chunks.append(chunk)
@@ -191,6 +193,12 @@ class AsyncStream:
         # Closing a broken connection must not mask the error being reported.
         with contextlib.suppress(Exception):
             await self._answer.aclose()
+
+    async def discard(self) -> None:
+        """Close the connection of a stream that lost its call's race (reported abandoned by
+        the engine): nothing more is reported, and the call is not ended by it."""
+        self._left = True
+        await self._release()
 
     async def aclose(self) -> None:
         """Release the connection; a stream closed before its end still records its TTFT."""

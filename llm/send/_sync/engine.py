@@ -30,6 +30,7 @@ fault) as an attempt without evidence, before it propagates. Written once, for a
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 from ...call.spec import BodyEncoder, CallSpec
 from ...config import LLMConfig
@@ -37,11 +38,24 @@ from ...errors import InvalidResponseError
 from ...judge.stream import stream_problem
 from ...results import Reply
 from ...routing.balancer import Balancer
+from ...routing.plan import CallPlan
+from ...routing.state import RouteState
 from ..base import EngineBase
 from ..lifecycle import Lifecycle, closed_error
 from ..protocols import SyncSender, SyncSleep
+from ..race import SyncAttempt, SyncDiscard, SyncRacer
 from .read import read_body
 from .stream import SyncStream
+
+T = TypeVar("T")
+
+
+def _keep(reply: Reply) -> None:
+    """A Reply that lost its race needs no cleaning up (its connection is released)."""
+
+
+def _discard_stream(stream: SyncStream) -> None:
+    stream.discard()
 
 
 class SyncEngine(EngineBase):
@@ -63,7 +77,7 @@ class SyncEngine(EngineBase):
         """A non-streamed call: the first good answer, else the error of the last attempt."""
         plan = self.plan(spec)
         body = BodyEncoder(spec)
-        sender, limit, clock, life = self.sender, self.max_response_bytes, self.clock, self.life
+        life = self.life
         life.enter()
         try:
             while (route := plan.next()) is not None:
@@ -73,23 +87,15 @@ class SyncEngine(EngineBase):
                     raise closed_error()
                 payload, timeout = self.content(body, route.config), plan.timeout
                 started = plan.start(route)
-                try:
-                    with sender.bounded(timeout, False):
-                        request = self.request_for(
-                            route.config, spec, payload, timeout, plan.attempt_headers
-                        )
-                        answer = sender.send(request)
-                        try:
-                            content = read_body(
-                                answer, route.name, limit, clock, started, timeout
-                            )
-                        finally:
-                            answer.close()
-                    reply = self.settle(plan, route, started, answer, content, spec.expect)
-                except BaseException as exc:
-                    if not self.report_raised(plan, route, started, exc, sender.io_errors):
-                        raise
-                    continue
+                delay = plan.hedge_delay(route) if plan.may_hedge else None
+                if delay is None:
+                    reply = self._attempt(
+                        plan, spec, route, started, payload, timeout, plan.attempt_headers
+                    )
+                else:
+                    reply = self._race(
+                        plan, spec, body, route, started, payload, delay, self._attempt, _keep
+                    )
                 if reply is not None:
                     if plan.call is not None:
                         plan.ended()
@@ -102,12 +108,41 @@ class SyncEngine(EngineBase):
         finally:
             life.leave()
 
+    def _attempt(
+        self,
+        plan: CallPlan,
+        spec: CallSpec,
+        route: RouteState,
+        started: float,
+        payload: bytes | None,
+        timeout: float,
+        headers: dict[str, str] | None,
+    ) -> Reply | None:
+        """One attempt of a non-streamed call: its Reply, or None when the route failed
+        (reported); raises the request's own fault and whatever is not the route's."""
+        sender = self.sender
+        try:
+            with sender.bounded(timeout, False):
+                request = self.request_for(route.config, spec, payload, timeout, headers)
+                answer = sender.send(request)
+                try:
+                    content = read_body(
+                        answer, route.name, self.max_response_bytes, self.clock, started, timeout
+                    )
+                finally:
+                    answer.close()
+            return self.settle(plan, route, started, answer, content, spec.expect)
+        except BaseException as exc:
+            if not self.report_raised(plan, route, started, exc, sender.io_errors):
+                raise
+            return None
+
     def open_stream(self, spec: CallSpec) -> SyncStream:
         """A streamed call, returned once its first event with a payload is in hand (the
         stream then owns the call: closing it ends the call)."""
         plan = self.plan(spec)
         body = BodyEncoder(spec)
-        sender, limit, clock, life = self.sender, self.max_response_bytes, self.clock, self.life
+        life = self.life
         life.enter()
         opened: SyncStream | None = None
         try:
@@ -118,43 +153,25 @@ class SyncEngine(EngineBase):
                     raise closed_error()
                 payload, timeout = self.content(body, route.config), plan.timeout
                 started = plan.start(route)
-                try:
-                    with sender.bounded(timeout, True):  # up to the first token
-                        request = self.request_for(
-                            route.config, spec, payload, timeout, plan.attempt_headers
-                        )
-                        answer = sender.send(request)
-                        if 200 <= answer.status_code < 300:
-                            problem = stream_problem(answer.headers)
-                            if problem is not None:
-                                answer.close()
-                                raise InvalidResponseError(problem, route=route.name)
-                            stream = SyncStream(
-                                plan,
-                                route,
-                                started,
-                                answer,
-                                clock=clock,
-                                io_errors=sender.io_errors,
-                                max_event_bytes=limit,
-                                kind=spec.expect,
-                                life=life,
-                            )
-                            if stream.prime():
-                                opened = stream
-                                return stream
-                            continue  # prime reported the failure
-                        try:
-                            content = read_body(
-                                answer, route.name, limit, clock, started, timeout
-                            )
-                        finally:
-                            answer.close()
-                    # an error status: the request's own fault raises, else the next route
-                    self.settle(plan, route, started, answer, content, spec.expect)
-                except BaseException as exc:
-                    if not self.report_raised(plan, route, started, exc, sender.io_errors):
-                        raise
+                delay = plan.hedge_delay(route) if plan.may_hedge else None
+                if delay is None:
+                    opened = self._stream_attempt(
+                        plan, spec, route, started, payload, timeout, plan.attempt_headers
+                    )
+                else:
+                    opened = self._race(
+                        plan,
+                        spec,
+                        body,
+                        route,
+                        started,
+                        payload,
+                        delay,
+                        self._stream_attempt,
+                        _discard_stream,
+                    )
+                if opened is not None:
+                    return opened
             raise plan.exhausted()
         except BaseException as exc:
             if plan.call is not None:
@@ -163,6 +180,115 @@ class SyncEngine(EngineBase):
         finally:
             if opened is None:
                 life.leave()
+
+    def _stream_attempt(
+        self,
+        plan: CallPlan,
+        spec: CallSpec,
+        route: RouteState,
+        started: float,
+        payload: bytes | None,
+        timeout: float,
+        headers: dict[str, str] | None,
+    ) -> SyncStream | None:
+        """One attempt of a streamed call, up to its first token: the open stream, or None
+        when the route failed (reported); raises the request's own fault and whatever is not
+        the route's."""
+        sender = self.sender
+        try:
+            with sender.bounded(timeout, True):  # up to the first token
+                request = self.request_for(route.config, spec, payload, timeout, headers)
+                answer = sender.send(request)
+                if 200 <= answer.status_code < 300:
+                    problem = stream_problem(answer.headers)
+                    if problem is not None:
+                        answer.close()
+                        raise InvalidResponseError(problem, route=route.name)
+                    stream = SyncStream(
+                        plan,
+                        route,
+                        started,
+                        answer,
+                        clock=self.clock,
+                        io_errors=sender.io_errors,
+                        max_event_bytes=self.max_response_bytes,
+                        kind=spec.expect,
+                        life=self.life,
+                        timeout=timeout,
+                    )
+                    return stream if stream.prime() else None  # prime reported a failure
+                try:
+                    content = read_body(
+                        answer, route.name, self.max_response_bytes, self.clock, started, timeout
+                    )
+                finally:
+                    answer.close()
+            # an error status: the request's own fault raises, else the next route
+            self.settle(plan, route, started, answer, content, spec.expect)
+            return None
+        except BaseException as exc:
+            if not self.report_raised(plan, route, started, exc, sender.io_errors):
+                raise
+            return None
+
+    def _race(
+        self,
+        plan: CallPlan,
+        spec: CallSpec,
+        body: BodyEncoder,
+        route: RouteState,
+        started: float,
+        payload: bytes | None,
+        delay: float,
+        attempt: SyncAttempt[T | None],
+        discard: SyncDiscard[T],
+    ) -> T | None:
+        """The attempt on ``route`` (started), and a hedge on another route if it has not
+        answered within ``delay`` (``plan.hedge``): the first answer wins and the other
+        attempt is reported abandoned, then cancelled. None when every attempt failed."""
+        racer: SyncRacer[T] = SyncRacer()
+        first = racer.start(
+            attempt, plan, spec, route, started, payload, plan.timeout, plan.attempt_headers
+        )
+        runs = {first: (route, started, False)}
+        wait: float | None = delay
+        won = False
+        try:
+            while runs:
+                done = racer.wait(wait)
+                if not done:  # the delay passed: hedge, once
+                    wait = None
+                    other = plan.hedge()
+                    if other is not None:
+                        content = self.content(body, other.config)
+                        begun = plan.start(other, hedge=True)
+                        run = racer.start(
+                            attempt,
+                            plan,
+                            spec,
+                            other,
+                            begun,
+                            content,
+                            plan.timeout,
+                            plan.attempt_headers,
+                        )
+                        runs[run] = (other, begun, True)
+                    continue
+                for run in done:
+                    ended, _, hedge = runs.pop(run)
+                    result = run.result()  # the attempt's own error, if it raised one
+                    if result is not None:
+                        won = True
+                        plan.won(ended, hedge)
+                        return result
+            return None
+        finally:
+            for run, (other, begun, _) in runs.items():
+                if won:
+                    plan.abandon(other, begun)
+                else:  # the call itself failed or was cancelled: no evidence either way
+                    plan.finished(other, begun)
+                racer.cancel(run, discard)
 
     def close(self) -> None:
         self.sender.close()
