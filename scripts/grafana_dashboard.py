@@ -144,6 +144,35 @@ PANELS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]], int]]]] = [
         ],
     ),
     (
+        "Hedging",
+        [
+            (
+                "Hedges per second by route and result",
+                "reqps",
+                [
+                    (
+                        f"sum by (route, result) (rate(llm_routes_hedges_total"
+                        f'{{route=~"$route"}}[{RATE}]))',
+                        "{{route}} {{result}}",
+                    )
+                ],
+                12,
+            ),
+            (
+                "Hedged calls (hedges sent / calls)",
+                "percentunit",
+                [
+                    (
+                        f'sum(rate(llm_routes_hedges_total{{result="started"}}[{RATE}]))'
+                        f' / sum(rate(llm_routes_calls_total{{model=~"$model"}}[{RATE}]))',
+                        "hedged",
+                    )
+                ],
+                12,
+            ),
+        ],
+    ),
+    (
         "Load reported by vLLM and tokens",
         [
             (

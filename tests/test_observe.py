@@ -110,7 +110,7 @@ async def test_prometheus_carries_a_failover_a_stream_a_retry_and_an_ejection(se
     assert value(found, "llm_routes_load_running", route="b") == 0
     assert 0 <= value(found, "llm_routes_load_report_age_seconds", route="b") < 3
     names = {name for name, _ in found}
-    for documented in set(METRICS) - {"llm_routes_fallbacks_total"}:  # next test's
+    for documented in set(METRICS) - {"llm_routes_fallbacks_total", "llm_routes_hedges_total"}:
         assert any(name.startswith(documented.removesuffix("_total")) for name in names), documented
 
 
@@ -243,3 +243,66 @@ def test_otel_a_failed_call_is_an_error_span(servers, exporter):
     assert call.status.status_code == StatusCode.ERROR
     assert call.attributes["error.type"] == call.attributes["llm_routes.outcome"] != "ok"
     assert trace.get_current_span() is trace.INVALID_SPAN  # the hook set no current span
+
+
+# -- hedging -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hung_first() -> Iterator[dict[str, FakeVLLM]]:
+    """Two fakes, the first (round robin's first pick) hung: its call is hedged to b."""
+    fleet = {name: FakeVLLM("tiny", name=name, tokens=5).start() for name in ("a", "b")}
+    fleet["a"].hang()
+    try:
+        yield fleet
+    finally:
+        for server in fleet.values():
+            server.stop()
+
+
+HEDGE = {"enabled": True, "max_delay": 0.2, "min_delay": 0.05}
+
+
+def test_prometheus_counts_hedges(hung_first):
+    registry = CollectorRegistry()
+    with provider(hung_first, lb_policy="round_robin", hedge=HEDGE) as p:
+        p.add_hook(PrometheusHook(registry))
+        assert p.chat_completion(MESSAGES).route == "b"
+        found = samples(registry)
+    assert value(found, "llm_routes_hedges_total", route="b", result="started") == 1
+    assert value(found, "llm_routes_hedges_total", route="b", result="won") == 1
+    assert value(found, "llm_routes_hedges_total", route="a", result="cancelled") == 1
+    assert (
+        value(found, "llm_routes_attempts_total", route="a", outcome="hedge_lost", status="") == 1
+    )
+    assert value(found, "llm_routes_calls_total", model="tiny", route="b", outcome="ok") == 1
+    assert not any(name == "llm_routes_failovers_total" for name, _ in found)  # not a failover
+
+
+def test_otel_spans_of_a_hedged_call(hung_first, exporter):
+    with provider(hung_first, lb_policy="round_robin", hedge=HEDGE) as p:
+        p.add_hook(OpenTelemetryHook(tracing(exporter)))
+        assert p.chat_completion(MESSAGES).route == "b"
+    spans = exporter.get_finished_spans()
+    attempts = {
+        s.attributes["llm_routes.route"]: s for s in spans if "llm_routes.attempt" in s.attributes
+    }
+    (call,) = [s for s in spans if "llm_routes.attempts" in s.attributes]
+    assert set(attempts) == {"a", "b"}
+    lost, won = attempts["a"], attempts["b"]
+    assert lost.attributes["llm_routes.outcome"] == "hedge_lost"
+    assert lost.status.status_code is StatusCode.UNSET  # a cancelled loser is no error
+    assert won.attributes["llm_routes.hedge"] is True and "llm_routes.hedge" not in lost.attributes
+    assert won.parent.span_id == lost.parent.span_id == call.context.span_id
+    assert (call.attributes["llm_routes.hedged"], call.attributes["llm_routes.hedge_won"]) == (
+        True,
+        True,
+    )
+    assert call.attributes["llm_routes.failover"] is False
+    # each attempt carried its own span's trace context
+    sent = {
+        r.headers.get("traceparent")
+        for r in hung_first["b"].requests
+        if r.path.endswith("completions")
+    }
+    assert f"{won.context.span_id:016x}" in next(iter(sent))

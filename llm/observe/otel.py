@@ -15,9 +15,10 @@ Names and attributes follow OpenTelemetry's semantic conventions for generative 
 (``chat``, ``text_completion``), ``gen_ai.provider.name`` (``vllm``), ``gen_ai.request.model``,
 ``gen_ai.response.model``, ``gen_ai.usage.input_tokens`` / ``output_tokens``,
 ``server.address`` / ``server.port``, ``error.type`` on failure; plus the library's own under
-``llm_routes.``: ``route``, ``outcome``, ``attempts``, ``failover``, ``fallback`` (call) and
-``attempt``, ``retry_reason``, ``backoff_s``, ``status_code``, ``ttft_s`` (attempt). No prompt
-or answer text is recorded.
+``llm_routes.``: ``route``, ``outcome``, ``attempts``, ``failover``, ``fallback``, ``hedged``,
+``hedge_won`` (call) and ``attempt``, ``hedge``, ``retry_reason``, ``backoff_s``,
+``status_code``, ``ttft_s`` (attempt). A hedge's loser (outcome ``hedge_lost``) is no error.
+No prompt or answer text is recorded.
 
 Requires ``opentelemetry-api`` (``pip install 'llm-routes[opentelemetry]'``); spans go
 wherever the application's tracer provider sends them.
@@ -75,6 +76,8 @@ class OpenTelemetryHook(Hook):
             "llm_routes.attempt": event.number,
             "llm_routes.fallback": event.fallback,
         }
+        if event.hedge:
+            attributes["llm_routes.hedge"] = True
         if event.server_port is not None:
             attributes["server.port"] = event.server_port
         if event.delay_s:
@@ -86,11 +89,11 @@ class OpenTelemetryHook(Hook):
             kind=SpanKind.CLIENT,
             attributes=attributes,
         )
-        event.call.context[_ATTEMPT_SPAN] = span
+        event.call.context[f"{_ATTEMPT_SPAN}.{event.number}"] = span  # a hedge: two at once
         propagate.inject(event.headers, context=trace.set_span_in_context(span))
 
     def attempt_ended(self, event: AttemptEnded) -> None:
-        span = event.call.context.pop(_ATTEMPT_SPAN, None)
+        span = event.call.context.pop(f"{_ATTEMPT_SPAN}.{event.number}", None)
         if span is None:
             return
         span.set_attribute("llm_routes.outcome", event.outcome)
@@ -103,7 +106,7 @@ class OpenTelemetryHook(Hook):
         if event.outcome == "ok":
             span.set_attribute("gen_ai.response.model", event.model)
             _usage(span, event.prompt_tokens, event.completion_tokens)
-        else:
+        elif event.outcome != "hedge_lost":  # cancelled: another attempt answered first
             span.set_attribute("error.type", event.outcome)
             span.set_status(Status(StatusCode.ERROR, event.error))
         span.end()
@@ -116,6 +119,9 @@ class OpenTelemetryHook(Hook):
         span.set_attribute("llm_routes.attempts", len(event.attempts))
         span.set_attribute("llm_routes.failover", event.failover)
         span.set_attribute("llm_routes.fallback", event.fallback)
+        if event.hedged:
+            span.set_attribute("llm_routes.hedged", True)
+            span.set_attribute("llm_routes.hedge_won", event.hedge_won)
         if event.route is not None:
             span.set_attribute("llm_routes.route", event.route)
         if event.model is not None:

@@ -53,6 +53,8 @@ METRICS = {
     "llm_routes_tokens_total": "tokens of the answers, by route and kind (prompt, completion, "
     "cached)",
     "llm_routes_health_changes_total": "routes ejected, found misconfigured or healthy again",
+    "llm_routes_hedges_total": "hedges, by route and result: started (sent to the route), won "
+    "(its answer taken), cancelled (an attempt on the route cancelled: another answered first)",
     "llm_routes_in_flight": "calls in flight per route (gauge)",
     "llm_routes_route_healthy": "1 while a route takes calls, 0 while it is ejected (gauge)",
     "llm_routes_load_running": "requests running on a route, as it last reported (gauge)",
@@ -60,6 +62,9 @@ METRICS = {
     "llm_routes_load_kv_cache_usage_ratio": "a route's KV-cache usage, 0 to 1 (gauge)",
     "llm_routes_load_report_age_seconds": "age of a route's last load report (gauge)",
 }
+
+
+_CANCELLED = frozenset({"hedge_lost", "stalled"})  # an attempt's outcomes when a race cancels it
 
 
 def _help(name: str) -> str:
@@ -131,6 +136,12 @@ class PrometheusHook(Hook):
             ["route", "change"],
             registry=reg,
         )
+        self._hedges = Counter(
+            f"{PREFIX}_hedges",
+            _help("llm_routes_hedges_total"),
+            ["route", "result"],
+            registry=reg,
+        )
         self._children: dict[tuple[Any, ...], Any] = {}
         self._lock = threading.Lock()
         self._state = _RouteState()
@@ -156,6 +167,7 @@ class PrometheusHook(Hook):
             self._fallbacks,
             self._tokens,
             self._health,
+            self._hedges,
             self._state,
         ):
             self.registry.unregister(collector)
@@ -202,6 +214,12 @@ class PrometheusHook(Hook):
             completion.inc(event.completion_tokens)
         if event.cached_tokens:
             cached.inc(event.cached_tokens)
+        if event.hedge:
+            self._child(self._hedges, event.route, "started").inc()
+            if event.outcome == "ok":
+                self._child(self._hedges, event.route, "won").inc()
+        if event.outcome in _CANCELLED:
+            self._child(self._hedges, event.route, "cancelled").inc()
 
     def call_ended(self, event: CallEnded) -> None:
         model, route = event.call.model or "", event.route or ""
