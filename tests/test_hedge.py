@@ -10,14 +10,14 @@ from fractions import Fraction
 from typing import Any
 
 import pytest
-from conftest import FakeClock, route_config
+from conftest import FakeClock, picks, route_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from llm import ConfigError, InvalidRequestError
 from llm.call.build import chat_spec
-from llm.config import HedgeConfig, RetryConfig, parse_config
+from llm.config import HealthConfig, HedgeConfig, RetryConfig, parse_config
 from llm.errors import RouteConnectionError
 from llm.events import AttemptEnded, AttemptStarted, CallEnded, Hook, Hooks
 from llm.routing import Balancer, plan_call
@@ -339,6 +339,50 @@ def test_abandoned_attempts_keep_a_hung_route_quiet_until_it_is_ejected(clock: F
     assert not hung.health.healthy and hung.failures == 1
     assert [c.kind for c in changes] == ["ejected"]
     assert hung.in_flight == 0 and ok.in_flight == 0
+
+
+def test_a_route_that_lost_a_race_unanswered_is_suspect_until_it_answers(
+    clock: FakeClock,
+) -> None:
+    """After a lost race, new calls go elsewhere (each would wait for a hedge on a hung
+    server); after a stall's length of quiet one call probes it; an answer clears it."""
+    balancer = fleet(clock, "x", "y")
+    x, y = balancer.routes["x"], balancer.routes["y"]
+    pool = balancer.pool("m")
+    assert pool is not None
+    for route in (x, y):  # measured: 0.1 s an answer
+        for _ in range(3):
+            started = balancer.dispatch(route)
+            clock.advance(0.1)
+            balancer.succeeded(route, started, 0.1)
+    started = balancer.dispatch(x)
+    clock.advance(0.3)
+    assert balancer.abandon(x, started) is None  # lost a race: no failure...
+    assert set(picks(balancer, pool, 6)) == {"y"}  # ...but suspect: round robin steps around it
+    clock.advance(1.0)  # quiet for a stall's length, nothing in flight: one call may probe it
+    assert "x" in set(picks(balancer, pool, 2))
+    probe = balancer.dispatch(x)
+    assert set(picks(balancer, pool, 4)) == {"y"}
+    clock.advance(0.1)
+    balancer.succeeded(x, probe, 0.1)  # it answered: no longer suspect
+    assert x.abandoned == 0
+    assert set(picks(balancer, pool, 4)) == {"x", "y"}
+
+
+def test_stall_factor_zero_turns_suspicion_off(clock: FakeClock) -> None:
+    balancer = Balancer(
+        [route_config("x"), route_config("y")],
+        clock=clock,
+        health=HealthConfig(stall_factor=0),
+        hedge=HedgeConfig(),
+    )
+    x = balancer.routes["x"]
+    pool = balancer.pool("m")
+    assert pool is not None
+    started = balancer.dispatch(x)
+    clock.advance(5)
+    assert balancer.abandon(x, started) is None
+    assert set(picks(balancer, pool, 4)) == {"x", "y"}
 
 
 def test_one_long_answer_lost_to_a_hedge_is_no_stall(clock: FakeClock) -> None:

@@ -358,22 +358,21 @@ def test_the_callers_fault_on_a_hedge_ends_the_call(healthy: list[FakeVLLM]) -> 
 
 
 def test_hedge_per_call(healthy: list[FakeVLLM]) -> None:
+    """Each provider's first call goes to h (round robin): it hedges only when it may."""
     silent = SilentServer()
-    provider = make_provider(healthy[:1], silent.base_url, enabled=False)
     try:
-        began = time.monotonic()
-        assert provider.chat(MESSAGES, hedge=True)  # h first, hedged to a
-        assert time.monotonic() - began < DELAY + SLACK
-        with pytest.raises(AllRoutesFailedError):  # h again, not hedged: its deadline
-            provider.chat(MESSAGES, deadline=0.6, max_retries=0)
-        assert provider.stats()["a"]["hedges"]["started"] == 1
-        enabled = make_provider(healthy[:1], silent.base_url, enabled=True)
-        try:
-            with pytest.raises(AllRoutesFailedError):  # h first: told not to hedge
-                enabled.chat(MESSAGES, hedge=False, deadline=0.6, max_retries=0)
-            assert enabled.stats()["a"]["requests"] == 0
-        finally:
-            enabled.close()
+        for enabled, asked, hedges in [(False, True, 1), (False, None, 0), (True, False, 0)]:
+            provider = make_provider(healthy[:1], silent.base_url, enabled=enabled)
+            try:
+                if hedges:
+                    began = time.monotonic()
+                    assert provider.chat(MESSAGES, hedge=asked)
+                    assert time.monotonic() - began < DELAY + SLACK
+                else:
+                    with pytest.raises(AllRoutesFailedError):  # waits for h until the deadline
+                        provider.chat(MESSAGES, hedge=asked, deadline=0.6, max_retries=0)
+                assert provider.stats()["a"]["hedges"]["started"] == hedges
+            finally:
+                provider.close()
     finally:
-        provider.close()
         silent.stop()

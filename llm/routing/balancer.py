@@ -22,10 +22,11 @@ none ending for ``stall_factor`` times its usual latency. A server that accepts 
 would otherwise collect its share of every new request until the first of them times out.
 
 A hedge's loser (``abandon``) is no evidence against its route, and does not end the route's
-quiet spell either: a hung server whose attempts are all cancelled by hedges still looks
-stalled. Once ``STALL_ABANDONS`` attempts were abandoned on a route that has answered nothing
-since, an abandoned one on a stalled route counts as its failure: a hung route is still
-ejected. ``hedger`` (``hedge.py``) keeps the hedges' delays and budget; ``saturated`` says
+quiet spell either. The route is *suspect* until it answers something: ``pick`` steps around
+it (as around a stalled one), so a hung server's calls do not each wait for a hedge, until it
+has been quiet a stall's length; then one call may probe it. Once ``STALL_ABANDONS`` attempts
+were abandoned on a route that has answered nothing since, one abandoned after a stall's
+length of quiet counts as its failure: a hung route is still ejected. ``hedger`` (``hedge.py``) keeps the hedges' delays and budget; ``saturated`` says
 whether a route has room for a hedge.
 
 Health changes (ejected, misconfigured, healthy again) go to the ``on_health`` listener as
@@ -302,18 +303,32 @@ class Balancer:
                 )
             else:
                 route = self.policy.choose(pool, exclude, now, stream, tokens)
-            if route is not None and route.in_flight and self._stalled(route, now, pool):
+            if (
+                route is not None
+                and (route.in_flight or route.abandoned)
+                and self._stalled(route, now, pool)
+            ):
                 return self._instead_of_stalled(route, pool, exclude, now, stream, tokens)
             return route
         finally:
             lock.release()
 
     def _stalled(self, route: RouteState, now: float, pool: Pool | None = None) -> bool:
-        """Requests in flight and none ended for ``stall_factor`` times its usual latency (at
-        least ``stall_min``): a server that accepts and then hangs looks like this long before
-        the first of those requests times out. A route not measured yet is held to the slowest
-        average of its pool's measured routes; with none measured, nothing is stalled."""
-        if not route.in_flight or not self.stall_factor:
+        """Whether ``pick`` steps around ``route``: requests in flight and none ended for a
+        stall's length (``_too_quiet``): a server that accepts and then hangs looks like this
+        long before the first of those requests times out. Or *suspect*: an attempt on it was
+        abandoned unanswered (a hedge answered first) and it has answered nothing since; once
+        it has nothing in flight and has been quiet a stall's length, one call may probe it
+        (whose loss, if it is hung, ejects it: ``abandon``)."""
+        if route.abandoned and self.stall_factor:
+            return bool(route.in_flight) or not self._too_quiet(route, now, pool)
+        return bool(route.in_flight) and self._too_quiet(route, now, pool)
+
+    def _too_quiet(self, route: RouteState, now: float, pool: Pool | None = None) -> bool:
+        """No request to ``route`` ended for ``stall_factor`` times its usual latency (at least
+        ``stall_min``). A route not measured yet is held to the slowest average of its pool's
+        measured routes; with none measured, none is too quiet."""
+        if not self.stall_factor:
             return False
         quiet = now - max(route.busy_since, route.last_done)
         if quiet <= self.stall_min:
@@ -506,7 +521,7 @@ class Balancer:
             now = self.clock()
             route.hedges_cancelled += 1
             route.abandoned += 1
-            if route.abandoned < STALL_ABANDONS or not self._stalled(route, now, pool):
+            if route.abandoned < STALL_ABANDONS or not self._too_quiet(route, now, pool):
                 route.in_flight -= 1
                 route.tokens_in_flight -= tokens  # its quiet spell goes on: last_done stays
                 for watcher in route.watchers:
