@@ -469,6 +469,50 @@ def test_frozen_server_calls_end_by_their_deadline_and_move_on(fleet_up: Fleet) 
     assert stats["b"]["failures"] >= 1 and stats["b"]["state"] != "healthy"
 
 
+def test_frozen_server_costs_a_hedged_call_little(fleet_up: Fleet) -> None:
+    """The issue's run, with hedging: routes with a 30 s timeout, one server frozen in the
+    middle of 40 calls (8 at a time, half of them streamed, a 6 s deadline each). Without
+    hedging, the frozen server's calls waited out their deadline and failed; here none fails,
+    and none takes much longer than the fleet's usual time."""
+    hedge = {"enabled": True, "max_delay": 2.0}
+    with fleet_up.provider(timeout=30, hedge=hedge) as provider:
+
+        async def one(i: int) -> tuple[float, str | None]:
+            began = time.monotonic()
+            if i % 2:
+                result = await provider.achat_completion(HELLO, deadline=6.0)
+                route = result.route
+            else:
+                events = [e async for e in provider.astream_events(HELLO, deadline=6.0)]
+                route = events[-1].route
+            return time.monotonic() - began, route
+
+        async def run() -> list[Any]:
+            for i in range(40):  # warm up, and measure both routes (streams and not)
+                await one(i)
+            outcomes: list[Any] = []
+            for i in range(0, 40, 8):
+                if i == 16:
+                    fleet_up.b.freeze()
+                burst = [one(j) for j in range(i, i + 8)]
+                outcomes.extend(await asyncio.gather(*burst, return_exceptions=True))
+            await provider.aclose()
+            return outcomes
+
+        try:
+            outcomes = asyncio.run(run())
+            stats = provider.stats()
+        finally:
+            fleet_up.b.thaw()
+    failed = [o for o in outcomes if isinstance(o, BaseException)]
+    assert failed == []
+    took = [seconds for seconds, _ in outcomes]
+    assert max(took) < 3.0, sorted(took)[-5:]  # the delay is at most 2 s; a call takes ms
+    assert {route for _, route in outcomes[16:]} == {"a"}  # once frozen, b answers nothing
+    assert stats["b"]["hedges"]["cancelled"] >= 1
+    assert stats["a"]["hedges"]["won"] == stats["b"]["hedges"]["cancelled"]
+
+
 def test_route_heals_after_a_restart(fleet_up: Fleet) -> None:
     with fleet_up.provider(
         health={"cooldown": 0.5, "max_cooldown": 1, "check_interval": 0.5}
