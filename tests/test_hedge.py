@@ -19,7 +19,7 @@ from llm import ConfigError, InvalidRequestError
 from llm.call.build import chat_spec
 from llm.config import HealthConfig, HedgeConfig, RetryConfig, parse_config
 from llm.errors import RouteConnectionError
-from llm.events import AttemptEnded, AttemptStarted, CallEnded, Hook, Hooks
+from llm.events import AttemptEnded, AttemptStarted, CallEnded, CallInfo, Hook, Hooks
 from llm.routing import Balancer, plan_call
 from llm.routing.events import HealthChange
 from llm.routing.hedge import MIN_SAMPLES, WINDOW, Hedger, LatencyWindow, saturated
@@ -222,8 +222,6 @@ def test_the_winning_hedge_and_the_abandoned_original(clock: FakeClock) -> None:
     recorder = Recorder()
     balancer.hooks = Hooks([recorder])
     plan = hedged_plan(balancer)
-    from llm.events import CallInfo
-
     plan.call, plan.hooks = CallInfo("chat", "m", False, None, clock()), balancer.hooks
     first = plan.next()
     assert first is not None
@@ -443,8 +441,11 @@ class HedgedCalls(RuleBasedStateMachine):
         super().__init__()
         self.clock = FakeClock()
         self.balancer = fleet(self.clock, "a", "b", "c", burst=3, budget=0.2)
+        self.recorder = Recorder()
+        self.balancer.hooks = Hooks([self.recorder])
         self.plan: CallPlan | None = None
-        self.open: list[tuple[Any, float]] = []
+        self.open: list[tuple[Any, float, bool]] = []  # (route, started, hedge)
+        self.won: bool | None = None
         self.calls = 0
         self.hedges = 0
 
@@ -452,9 +453,13 @@ class HedgedCalls(RuleBasedStateMachine):
     @rule()
     def begin(self) -> None:
         self.plan = hedged_plan(self.balancer)
+        self.plan.call = CallInfo("chat", "m", False, None, self.clock())
+        self.plan.hooks = self.balancer.hooks
+        self.recorder.events.clear()
         route = self.plan.next()
         assert route is not None
-        self.open = [(route, self.plan.start(route))]
+        self.open = [(route, self.plan.start(route), False)]
+        self.won = None  # the winner was a hedge (None: no winner yet)
         self.plan.hedge_delay(route)
         self.calls += 1
 
@@ -465,8 +470,8 @@ class HedgedCalls(RuleBasedStateMachine):
         self.clock.advance(wait)
         route = self.plan.hedge()
         if route is not None:
-            assert route not in [r for r, _ in self.open]
-            self.open.append((route, self.plan.start(route, hedge=True)))
+            assert route not in [r for r, _, _ in self.open]
+            self.open.append((route, self.plan.start(route, hedge=True), True))
             self.hedges += 1
 
     @precondition(lambda self: self.plan is not None and self.open)
@@ -474,25 +479,46 @@ class HedgedCalls(RuleBasedStateMachine):
     def report(self, data: st.DataObject, how: str) -> None:
         assert self.plan is not None
         index = data.draw(st.integers(0, len(self.open) - 1))
-        route, started = self.open.pop(index)
+        route, started, hedge = self.open.pop(index)
         self.clock.advance(0.05)
         if how == "ok":
             self.plan.succeeded(route, started, 0.05)
-            for other, begun in self.open:  # the race's losers
+            self.plan.won(route, hedge)
+            self.won = hedge
+            for other, begun, _ in self.open:  # the race's losers
                 self.plan.abandon(other, begun)
             self.open = []
         elif how == "fail":
             self.plan.failed(route, started, RouteConnectionError("x", route=route.name), "x")
         else:
             self.plan.finished(route, started)
-        if not self.open:
-            self.plan.ended()
+        if not self.open:  # the engine ends a call without an answer with what it raised
+            self.plan.ended(None if self.won is not None else self.plan.exhausted())
+            self.check_events(self.plan)
             self.plan = None
+
+    def check_events(self, plan: CallPlan) -> None:
+        """Each attempt started once and ended once, hedge flags agreeing, one CallEnded."""
+        events = self.recorder.events
+        started = [e for e in events if isinstance(e, AttemptStarted)]
+        ended = [e for e in events if isinstance(e, AttemptEnded)]
+        assert sorted(e.number for e in started) == list(range(1, plan.begun + 1))
+        assert sorted(e.number for e in ended) == list(range(1, plan.begun + 1))
+        flags = {e.number: e.hedge for e in started}
+        assert all(e.hedge == flags[e.number] for e in ended)
+        assert sum(flags.values()) == plan.hedges
+        (call,) = [e for e in events if isinstance(e, CallEnded)]
+        assert call.hedged == (plan.hedges > 0)
+        lost = [e for e in ended if e.outcome in ("hedge_lost", "stalled")]
+        assert not lost or self.won is not None  # only a winner makes losers
+        assert call.hedge_won == bool(self.won)
+        if self.won is None:
+            assert call.route is None and call.outcome != "ok"
 
     @invariant()
     def in_flight_is_what_is_open(self) -> None:
         for route in self.balancer.routes.values():
-            expected = sum(1 for r, _ in self.open if r is route)
+            expected = sum(1 for r, _, _ in self.open if r is route)
             assert route.in_flight == expected
 
     @invariant()
