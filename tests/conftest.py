@@ -1,4 +1,5 @@
-"""Shared test helpers: a fake clock and a balancer factory (no sockets, no sleeping)."""
+"""Shared test helpers: a fake clock, a balancer factory (no sockets, no sleeping) and a
+hook that records events."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 
 from llm.config import HealthConfig, RouteConfig
+from llm.events import AttemptEnded, AttemptStarted, CallEnded, Hook
 from llm.routing import Balancer, HealthListener, Pool
 
 
@@ -24,6 +26,22 @@ class FakeClock:
     def advance(self, seconds: float) -> float:
         self.now += seconds
         return self.now
+
+
+class EventRecorder(Hook):
+    """A hook that keeps every attempt's and every call's end, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def attempt_started(self, event: AttemptStarted) -> None:
+        self.events.append(event)
+
+    def attempt_ended(self, event: AttemptEnded) -> None:
+        self.events.append(event)
+
+    def call_ended(self, event: CallEnded) -> None:
+        self.events.append(event)
 
 
 def route_config(name: str, model: str = "m", **kwargs: Any) -> RouteConfig:

@@ -10,7 +10,7 @@ from fractions import Fraction
 from typing import Any
 
 import pytest
-from conftest import FakeClock, picks, route_config
+from conftest import EventRecorder, FakeClock, picks, route_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -19,7 +19,7 @@ from llm import ConfigError, InvalidRequestError
 from llm.call.build import chat_spec
 from llm.config import HealthConfig, HedgeConfig, RetryConfig, parse_config
 from llm.errors import RouteConnectionError
-from llm.events import AttemptEnded, AttemptStarted, CallEnded, CallInfo, Hook, Hooks
+from llm.events import AttemptEnded, AttemptStarted, CallEnded, CallInfo, Hooks
 from llm.routing import Balancer, plan_call
 from llm.routing.events import HealthChange
 from llm.routing.hedge import MIN_SAMPLES, WINDOW, Hedger, LatencyWindow, saturated
@@ -167,20 +167,6 @@ def test_saturated_by_a_fresh_queue_or_a_full_cache_only(clock: FakeClock) -> No
 # -- the plan with a hedge ----------------------------------------------------------------
 
 
-class Recorder(Hook):
-    def __init__(self) -> None:
-        self.events: list[Any] = []
-
-    def attempt_started(self, event: AttemptStarted) -> None:
-        self.events.append(event)
-
-    def attempt_ended(self, event: AttemptEnded) -> None:
-        self.events.append(event)
-
-    def call_ended(self, event: CallEnded) -> None:
-        self.events.append(event)
-
-
 def fleet(clock: FakeClock, *names: str, **hedge: Any) -> Balancer:
     config = HedgeConfig(**{"budget": 0.05, "burst": 5, "max_delay": 2.0, **hedge})
     return Balancer(
@@ -219,7 +205,7 @@ def test_no_hedge_when_the_deadline_comes_first(clock: FakeClock) -> None:
 
 def test_the_winning_hedge_and_the_abandoned_original(clock: FakeClock) -> None:
     balancer = fleet(clock, "a", "b", "c")
-    recorder = Recorder()
+    recorder = EventRecorder()
     balancer.hooks = Hooks([recorder])
     plan = hedged_plan(balancer)
     plan.call, plan.hooks = CallInfo("chat", "m", False, None, clock()), balancer.hooks
@@ -441,7 +427,7 @@ class HedgedCalls(RuleBasedStateMachine):
         super().__init__()
         self.clock = FakeClock()
         self.balancer = fleet(self.clock, "a", "b", "c", burst=3, budget=0.2)
-        self.recorder = Recorder()
+        self.recorder = EventRecorder()
         self.balancer.hooks = Hooks([self.recorder])
         self.plan: CallPlan | None = None
         self.open: list[tuple[Any, float, bool]] = []  # (route, started, hedge)

@@ -14,9 +14,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from conftest import EventRecorder
 
 from llm import AllRoutesFailedError, BadRequestError, StreamInterruptedError, VLLMOpenAIProvider
-from llm.events import AttemptEnded, AttemptStarted, CallEnded, Hook
+from llm.events import AttemptEnded, AttemptStarted, CallEnded
 from llm.factory import LLMFactory
 from llm.testing import FakeVLLM
 
@@ -164,20 +165,6 @@ def wait_until(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
     return condition()
 
 
-class Recorder(Hook):
-    def __init__(self) -> None:
-        self.events: list[Any] = []
-
-    def attempt_started(self, event: AttemptStarted) -> None:
-        self.events.append(event)
-
-    def attempt_ended(self, event: AttemptEnded) -> None:
-        self.events.append(event)
-
-    def call_ended(self, event: CallEnded) -> None:
-        self.events.append(event)
-
-
 CALLS = 6  # round robin over h, a, b: two calls start on the hung instance
 
 
@@ -226,7 +213,7 @@ def calls(provider: VLLMOpenAIProvider, mode: str, n: int) -> list[tuple[str, st
 def test_a_hung_instance_costs_a_call_no_more_than_the_hedge_delay(
     healthy: list[FakeVLLM], hung: Hung, mode: str
 ) -> None:
-    recorder = Recorder()
+    recorder = EventRecorder()
     provider = make_provider(healthy, hung.base_url, hooks=[recorder])
     try:
         durations = []

@@ -26,8 +26,9 @@ quiet spell either. The route is *suspect* until it answers something: ``pick`` 
 it (as around a stalled one), so a hung server's calls do not each wait for a hedge, until it
 has been quiet a stall's length; then one call may probe it. Once ``STALL_ABANDONS`` attempts
 were abandoned on a route that has answered nothing since, one abandoned after a stall's
-length of quiet counts as its failure: a hung route is still ejected. ``hedger`` (``hedge.py``) keeps the hedges' delays and budget; ``saturated`` says
-whether a route has room for a hedge.
+length of quiet counts as its failure: a hung route is still ejected. ``hedger``
+(``hedge.py``) keeps the hedges' delays and budget; ``saturated`` says whether a route has
+room for a hedge.
 
 Health changes (ejected, misconfigured, healthy again) go to the ``on_health`` listener as
 ``events.HealthChange`` records, after the lock is released; the balancer itself never logs.

@@ -13,6 +13,12 @@ How this works
 
 ``open_stream`` runs a streamed call the same way up to the stream's first event with a
 payload (``Stream.prime``): until then a failure fails over. It returns the open stream.
+Both are ``_call`` with their own attempt (``_attempt``, ``_stream_attempt``).
+
+A call that may hedge (``plan.hedge_delay``) runs its attempt in a race (``_race``, over a
+racer of ``race.py``): if the attempt has not answered (a stream: its first token) within the
+delay, a hedge goes to another route (``plan.hedge``); the first answer wins, the other
+attempt is reported abandoned, then cancelled, and an answer it made anyway is discarded.
 
 Everything an attempt waits on (connecting, interim answers, headers, the whole answer or a
 stream's first token) is held to the attempt's timeout by ``sender.bounded``: a peer sending
@@ -73,10 +79,23 @@ class AsyncEngine(EngineBase):
 
     async def request(self, spec: CallSpec) -> Reply:
         """A non-streamed call: the first good answer, else the error of the last attempt."""
+        return await self._call(spec, self._attempt, _keep)
+
+    async def open_stream(self, spec: CallSpec) -> AsyncStream:
+        """A streamed call, returned once its first event with a payload is in hand (the
+        stream then owns the call: closing it ends the call)."""
+        return await self._call(spec, self._stream_attempt, _discard_stream)
+
+    async def _call(
+        self, spec: CallSpec, attempt: AsyncAttempt[T | None], discard: AsyncDiscard[T]
+    ) -> T:
+        """The attempts of one call, each made by ``attempt`` (raced with a hedge when the
+        plan says so), until one answers; ``discard`` cleans up an answer that lost a race."""
         plan = self.plan(spec)
         body = BodyEncoder(spec)
         life = self.life
         life.enter()
+        answer: T | None = None
         try:
             while (route := plan.next()) is not None:
                 if plan.delay > 0:
@@ -87,24 +106,25 @@ class AsyncEngine(EngineBase):
                 started = plan.start(route)
                 delay = plan.hedge_delay(route) if plan.may_hedge else None
                 if delay is None:
-                    reply = await self._attempt(
+                    answer = await attempt(
                         plan, spec, route, started, payload, timeout, plan.attempt_headers
                     )
                 else:
-                    reply = await self._race(
-                        plan, spec, body, route, started, payload, delay, self._attempt, _keep
+                    answer = await self._race(
+                        plan, spec, body, route, started, payload, delay, attempt, discard
                     )
-                if reply is not None:
-                    if plan.call is not None:
-                        plan.ended()
-                    return reply
+                if answer is not None:
+                    if plan.call is not None and not spec.stream:
+                        plan.ended()  # a stream's call ends with the stream
+                    return answer
             raise plan.exhausted()
         except BaseException as exc:
             if plan.call is not None:
                 plan.ended(exc)
             raise
         finally:
-            life.leave()
+            if answer is None or not spec.stream:  # an open stream leaves when it is closed
+                life.leave()
 
     async def _attempt(
         self,
@@ -134,50 +154,6 @@ class AsyncEngine(EngineBase):
             if not self.report_raised(plan, route, started, exc, sender.io_errors):
                 raise
             return None
-
-    async def open_stream(self, spec: CallSpec) -> AsyncStream:
-        """A streamed call, returned once its first event with a payload is in hand (the
-        stream then owns the call: closing it ends the call)."""
-        plan = self.plan(spec)
-        body = BodyEncoder(spec)
-        life = self.life
-        life.enter()
-        opened: AsyncStream | None = None
-        try:
-            while (route := plan.next()) is not None:
-                if plan.delay > 0:
-                    await self.sleep(plan.delay)
-                if life.closed:
-                    raise closed_error()
-                payload, timeout = self.content(body, route.config), plan.timeout
-                started = plan.start(route)
-                delay = plan.hedge_delay(route) if plan.may_hedge else None
-                if delay is None:
-                    opened = await self._stream_attempt(
-                        plan, spec, route, started, payload, timeout, plan.attempt_headers
-                    )
-                else:
-                    opened = await self._race(
-                        plan,
-                        spec,
-                        body,
-                        route,
-                        started,
-                        payload,
-                        delay,
-                        self._stream_attempt,
-                        _discard_stream,
-                    )
-                if opened is not None:
-                    return opened
-            raise plan.exhausted()
-        except BaseException as exc:
-            if plan.call is not None:
-                plan.ended(exc)
-            raise
-        finally:
-            if opened is None:
-                life.leave()
 
     async def _stream_attempt(
         self,
