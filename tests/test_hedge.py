@@ -22,7 +22,14 @@ from llm.errors import RouteConnectionError
 from llm.events import AttemptEnded, AttemptStarted, CallEnded, CallInfo, Hooks
 from llm.routing import Balancer, plan_call
 from llm.routing.events import HealthChange
-from llm.routing.hedge import MIN_SAMPLES, WINDOW, Hedger, LatencyWindow, saturated
+from llm.routing.hedge import (
+    MEDIAN_FACTOR,
+    MIN_SAMPLES,
+    WINDOW,
+    Hedger,
+    LatencyWindow,
+    saturated,
+)
 from llm.routing.load import record_report
 from llm.routing.plan import CallPlan
 
@@ -42,7 +49,7 @@ def nearest_rank(samples: list[float], q: float) -> float:
     st.lists(st.floats(0.0, 100.0, allow_nan=False), min_size=0, max_size=200),
     st.sampled_from([0.5, 0.9, 0.95, 0.99]),
 )
-def test_window_quantile_is_the_nearest_rank_of_the_last_samples(
+def test_window_is_the_quantile_of_the_last_samples_and_twice_their_median_at_least(
     samples: list[float], q: float
 ) -> None:
     window = LatencyWindow(q)
@@ -55,19 +62,20 @@ def test_window_quantile_is_the_nearest_rank_of_the_last_samples(
     # the quantile is refreshed every few samples: force a fresh one the way a reader would
     # see it after the window has been read at least once at this size
     window._since = 10**6
-    assert window.value() == pytest.approx(nearest_rank(kept, q))
+    expected = max(nearest_rank(kept, q), MEDIAN_FACTOR * nearest_rank(kept, 0.5))
+    assert window.value() == pytest.approx(expected)
 
 
 def test_window_quantile_is_cached_between_refreshes() -> None:
     window = LatencyWindow(0.5)
     for _ in range(MIN_SAMPLES):
         window.add(1.0)
-    assert window.value() == 1.0
+    assert window.value() == MEDIAN_FACTOR * 1.0
     window.add(50.0)  # one sample: not yet recomputed
-    assert window.value() == 1.0
+    assert window.value() == MEDIAN_FACTOR * 1.0
     for _ in range(MIN_SAMPLES):
         window.add(50.0)
-    assert window.value() == 50.0
+    assert window.value() == MEDIAN_FACTOR * 50.0
 
 
 # -- the delay ----------------------------------------------------------------------------
@@ -78,11 +86,12 @@ def test_delay_uses_the_route_then_the_pool_then_max_delay() -> None:
     assert hedger.delay("a", "m", False) == 5.0  # nothing measured
     for i in range(MIN_SAMPLES):
         hedger.observe("b", "m", 0.1 + i * 0.01, False)
-    # "a" has no window of its own: its pool's (all of model m's routes) stands in
-    assert hedger.delay("a", "m", False) == pytest.approx(0.25)
-    for _ in range(MIN_SAMPLES):
-        hedger.observe("a", "m", 2.0, False)
-    assert hedger.delay("a", "m", False) == 2.0
+    # "a" has no window of its own: its pool's (all of model m's routes) stands in; twice
+    # its median (0.17 s) is more than its 95th percentile (0.25 s)
+    assert hedger.delay("a", "m", False) == pytest.approx(0.34)
+    for i in range(MIN_SAMPLES):
+        hedger.observe("a", "m", 1.0 if i < 8 else 4.0, False)
+    assert hedger.delay("a", "m", False) == 4.0  # its own 95th percentile
     # streams wait for the first token: a window of their own
     assert hedger.delay("a", "m", True) == 5.0
     # another model's pool is not this one's
@@ -103,7 +112,7 @@ def test_a_retired_route_forgets_its_windows() -> None:
     for _ in range(MIN_SAMPLES):
         hedger.observe("a", "m", 0.5, False)
     hedger.forget("a")
-    assert hedger.delay("a", "m", False) == 0.5  # the pool's window still holds them
+    assert hedger.delay("a", "m", False) == 1.0  # the pool's window still holds them
     assert hedger.delay("a", "other", False) == 9.0
 
 
@@ -283,6 +292,31 @@ def test_no_hedge_to_a_saturated_route_nor_past_the_budget(clock: FakeClock) -> 
     assert route is not None
     second.start(route)
     assert second.hedge() is None  # the budget is spent
+
+
+def test_a_hedge_refused_for_the_budget_is_asked_for_again(clock: FakeClock) -> None:
+    balancer = fleet(clock, "a", "b", burst=1, budget=0.5)
+    balancer.hedger.tokens = 0.0
+    plan = hedged_plan(balancer)
+    first = plan.next()
+    assert first is not None
+    plan.start(first)
+    delay = plan.hedge_delay(route=first)  # the call's share: half a hedge
+    assert delay is not None
+    clock.advance(delay)
+    assert plan.hedge() is None and plan.hedge_again(delay)
+    other = hedged_plan(balancer)  # another call: the other half
+    route = other.next()
+    assert route is not None
+    other.start(route)
+    other.hedge_delay(route)
+    clock.advance(delay)
+    hedge = plan.hedge()
+    assert hedge is not None
+    plan.start(hedge, hedge=True)
+    assert not plan.hedge_again(delay)  # its one hedge is spent
+    late = plan_call(balancer, route=None, model="m", retry=RETRY, deadline=1.0, hedge=True)
+    assert not late.hedge_again(2.0)  # past its deadline
 
 
 def test_no_hedge_when_every_other_route_was_tried(clock: FakeClock) -> None:

@@ -13,7 +13,8 @@ lock.
 token of streams; each model's pool keeps the same of all its routes together. The delay is
 the configured quantile (``llm.hedge.quantile``, 0.95) of the route's window of the call's
 kind, else of its pool's when the route has fewer than ``MIN_SAMPLES``, else ``max_delay``;
-always between ``min_delay`` and ``max_delay``. A quantile is recomputed once every
+at least ``MEDIAN_FACTOR`` times that window's median; always between ``min_delay`` and
+``max_delay``. A quantile is recomputed once every
 ``REFRESH`` samples, so a sample costs an assignment.
 
 *The budget* is a token bucket: each call that may hedge adds ``budget`` tokens (0.05), up
@@ -41,6 +42,11 @@ MIN_SAMPLES = 16  # a window with fewer has no quantile yet
 REFRESH = 8  # a window's quantile is recomputed once every this many new samples
 FULL_KV = 0.95  # a reported KV-cache usage from which a route counts as saturated
 MAX_HEDGES = 1  # hedges of one call: a second one would rarely help more than it costs
+MEDIAN_FACTOR = 2.0
+"""A hedge waits at least this many times the usual median: it is for an attempt far slower
+than usual, not for the usual spread. Where answers take about the same time every time, the
+95th percentile is hardly above the median, and hedging there would spend the budget on
+nothing; the budget is then still there when an instance hangs."""
 
 
 class LatencyWindow:
@@ -68,18 +74,24 @@ class LatencyWindow:
         return len(self._samples)
 
     def value(self) -> float | None:
-        """The quantile of the window (nearest rank), None with fewer than ``MIN_SAMPLES``."""
+        """The wait this window makes usual: its quantile (nearest rank), and at least
+        ``MEDIAN_FACTOR`` times its median; None with fewer than ``MIN_SAMPLES``."""
         samples = self._samples
         if len(samples) < MIN_SAMPLES:
             return None
         if self._cached is None or self._since >= REFRESH:
             ordered = sorted(samples)
-            # nearest rank: the least sample with at least that fraction of them at or below
-            # it (less a hair, so that 0.9 of 30 is the 27th, not the 28th, in floating point)
-            rank = max(0, math.ceil(self._quantile * len(ordered) - 1e-9) - 1)
-            self._cached = ordered[rank]
+            usual = nearest_rank(ordered, self._quantile)
+            spread = MEDIAN_FACTOR * nearest_rank(ordered, 0.5)
+            self._cached = usual if usual > spread else spread
             self._since = 0
         return self._cached
+
+
+def nearest_rank(ordered: list[float], quantile: float) -> float:
+    """The least of ``ordered`` with at least ``quantile`` of them at or below it (less a hair,
+    so that 0.9 of 30 is the 27th, not the 28th, in floating point)."""
+    return ordered[max(0, math.ceil(quantile * len(ordered) - 1e-9) - 1)]
 
 
 class Hedger:

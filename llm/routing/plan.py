@@ -24,7 +24,8 @@ and wherever, the route's in-flight count and trial slot are released once and o
 
 Hedging (``hedge.py``): ``hedge_delay`` says how long an attempt may wait before a hedge
 (None: the call does not hedge); when it has passed, ``hedge`` gives the hedge's route (an
-untried route with room for it, within the budget) or None. Two attempts are then open at
+untried route with room for it, within the budget) or None, and then ``hedge_again`` says
+whether to ask again after another such delay. Two attempts are then open at
 once, on two routes, so an open attempt is known by its route; reports may come from two
 threads (the sync engine's), and claiming an attempt (``dict.pop``) is atomic. The race's
 loser is reported with ``abandon``; ``won`` marks a hedge that answered. A hedge is not a
@@ -347,6 +348,11 @@ class CallPlan:
             return None
         delay = self.balancer.hedge_delay(route, self.stream, first=self.begun == 1)
         return delay if self.clock() + delay < self.deadline_at else None
+
+    def hedge_again(self, delay: float) -> bool:
+        """Whether a hedge refused now (``hedge`` gave None) may be asked for again in
+        ``delay``: the budget refills and routes recover, while the call has time."""
+        return self.hedges < MAX_HEDGES and self.clock() + delay < self.deadline_at
 
     def hedge(self) -> RouteState | None:
         """The route of a hedge, sent now (``timeout`` set), or None: no route not tried yet

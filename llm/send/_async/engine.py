@@ -230,9 +230,9 @@ class AsyncEngine(EngineBase):
         try:
             while runs:
                 done = await racer.wait(wait)
-                if not done:  # the delay passed: hedge, once
-                    wait = None
+                if not done:  # the delay passed: hedge, once (refused: ask again later)
                     other = plan.hedge()
+                    wait = None if other is not None or not plan.hedge_again(delay) else delay
                     if other is not None:
                         content = self.content(body, other.config)
                         begun = plan.start(other, hedge=True)

@@ -232,9 +232,9 @@ class SyncEngine(EngineBase):
         try:
             while runs:
                 done = racer.wait(wait)
-                if not done:  # the delay passed: hedge, once
-                    wait = None
+                if not done:  # the delay passed: hedge, once (refused: ask again later)
                     other = plan.hedge()
+                    wait = None if other is not None or not plan.hedge_again(delay) else delay
                     if other is not None:
                         content = self.content(body, other.config)
                         begun = plan.start(other, hedge=True)
