@@ -16,6 +16,8 @@ the two servers, non-streamed or streamed, and reads every answer the way an app
 - ``provider-async-prometheus``: ``provider-async`` with the Prometheus hook registered
   (``llm.observe.prometheus``, its own registry): what metrics cost a call (when
   prometheus-client is installed);
+- ``provider-async-hedge``: ``provider-async`` with hedging on (``llm.hedge.enabled``): what
+  the hedge's timer and race cost a call, the hedges it sends included;
 - ``openai-async``: the OpenAI SDK's ``AsyncOpenAI`` (when installed), 64 in flight;
 - ``litellm-router``: LiteLLM's ``Router.acompletion`` over both servers as two deployments
   (when litellm is installed; ``pip install litellm`` adds it), 64 in flight, retries off,
@@ -68,6 +70,7 @@ ASYNC_CLIENTS = (
     "provider-async",
     "provider-async-load",
     "provider-async-prometheus",
+    "provider-async-hedge",
     "openai-async",
     "litellm-router",
 )
@@ -200,18 +203,26 @@ async def _httpx_async_client(urls: Sequence[str], model: str, stream: bool) -> 
     return call, client.aclose
 
 
-def _provider(servers: Sequence[FakeProcess], policy: str = "round_robin") -> VLLMOpenAIProvider:
+def _provider(
+    servers: Sequence[FakeProcess], policy: str = "round_robin", hedge: bool = False
+) -> VLLMOpenAIProvider:
     routes = {s.name: {"base_url": s.base_url, "model": s.model} for s in servers}
-    llm = {"routes": routes, "params": {"max_tokens": TOKENS}, "lb_policy": policy}
+    llm: dict[str, Any] = {"routes": routes, "params": {"max_tokens": TOKENS}, "lb_policy": policy}
     if policy == "least_load":
         llm["load"] = {"poll_interval": 1.0, "orca": True}
+    if hedge:
+        llm["hedge"] = {"enabled": True}
     return VLLMOpenAIProvider(parse_config({"llm": llm}, environ={}))
 
 
 async def _provider_async_client(
-    servers: Sequence[FakeProcess], stream: bool, policy: str = "round_robin", metrics: bool = False
+    servers: Sequence[FakeProcess],
+    stream: bool,
+    policy: str = "round_robin",
+    metrics: bool = False,
+    hedge: bool = False,
 ) -> Any:
-    provider = _provider(servers, policy)
+    provider = _provider(servers, policy, hedge)
     if metrics:
         from prometheus_client import CollectorRegistry
 
@@ -441,6 +452,7 @@ def run_client(
         "provider-async": lambda: _provider_async_client(servers, stream),
         "provider-async-load": lambda: _provider_async_client(servers, stream, "least_load"),
         "provider-async-prometheus": lambda: _provider_async_client(servers, stream, metrics=True),
+        "provider-async-hedge": lambda: _provider_async_client(servers, stream, hedge=True),
         "openai-async": lambda: _openai_async_client(urls, model, stream),
         "litellm-router": lambda: _litellm_router_client(urls, model, stream),
     }

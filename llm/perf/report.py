@@ -24,6 +24,8 @@ TARGETS = {
     ("provider-async", True): 1.3,
     ("provider-async-load", False): 1.3,
     ("provider-async-load", True): 1.3,
+    ("provider-async-hedge", False): 1.3,  # issue 17: hedging on, no fault
+    ("provider-async-hedge", True): 1.3,
     ("provider-sync", False): 1.5,
     ("provider-sync", True): 1.5,
 }
