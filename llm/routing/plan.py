@@ -393,9 +393,10 @@ class CallPlan:
         reason = self.balancer.abandon(route, started_at, self.tokens, self.pool)
         outcome = "hedge_lost" if reason is None else "stalled"
         elapsed = self.clock() - started_at
-        self.attempts.append(Attempt(route.name, outcome, None, reason, elapsed))
+        attempt = Attempt(route.name, outcome, None, reason, elapsed)
+        self.attempts.append(attempt)
         if self.call is not None:
-            self._attempt_ended(opened, elapsed, None, None, 0, None, 0)
+            self._attempt_ended(opened, attempt, None, None, 0, None, 0)
 
     def succeeded(
         self,
@@ -430,11 +431,12 @@ class CallPlan:
             stream=self.stream,
         )
         elapsed = self.clock() - started_at
-        self.attempts.append(Attempt(route.name, "ok", None, None, elapsed))
+        attempt = Attempt(route.name, "ok", None, None, elapsed)
+        self.attempts.append(attempt)
         if self.call is not None:
             self._answer = (route, ttft, prompt_tokens, generated, cached_tokens)
             self._attempt_ended(
-                opened, elapsed, latency, ttft, prompt_tokens, generated, cached_tokens
+                opened, attempt, latency, ttft, prompt_tokens, generated, cached_tokens
             )
 
     def failed(
@@ -486,11 +488,12 @@ class CallPlan:
     ) -> None:
         elapsed = self.clock() - started_at
         text = _short(error)
-        self.attempts.append(Attempt(route.name, outcome, status_code, text, elapsed))
+        attempt = Attempt(route.name, outcome, status_code, text, elapsed)
+        self.attempts.append(attempt)
         if error is not None:
             self.last_error = error
         if self.call is not None:
-            self._attempt_ended(opened, elapsed, None, None, 0, None, 0)
+            self._attempt_ended(opened, attempt, None, None, 0, None, 0)
 
     # -- hooks -----------------------------------------------------------------------------
 
@@ -516,14 +519,14 @@ class CallPlan:
     def _attempt_ended(
         self,
         opened: tuple[int, bool, AttemptStarted | None, str | None],
-        duration: float,
+        attempt: Attempt,
         latency: float | None,
         ttft: float | None,
         prompt_tokens: int,
         completion_tokens: int | None,
         cached_tokens: int,
     ) -> None:
-        hooks, last = self.hooks, self.attempts[-1]
+        hooks = self.hooks
         number, hedge, begun, retry_reason = opened
         if hooks is None or begun is None or not hooks.on_attempt_ended:
             return
@@ -534,9 +537,9 @@ class CallPlan:
             begun.model,
             begun.server_address,
             begun.server_port,
-            last.outcome,
-            last.status_code,
-            duration,
+            attempt.outcome,
+            attempt.status_code,
+            attempt.latency_s,  # the attempt's whole time
             latency,
             ttft,
             prompt_tokens,
@@ -545,7 +548,7 @@ class CallPlan:
             retry_reason,
             begun.delay_s,
             begun.fallback,
-            last.error,
+            attempt.error,
             hedge,
         )
         hooks.emit(hooks.on_attempt_ended, event)
