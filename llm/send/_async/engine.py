@@ -15,10 +15,11 @@ How this works
 payload (``Stream.prime``): until then a failure fails over. It returns the open stream.
 Both are ``_call`` with their own attempt (``_attempt``, ``_stream_attempt``).
 
-A call that may hedge (``plan.hedge_delay``) runs its attempt in a race (``_race``, over a
-racer of ``race.py``): if the attempt has not answered (a stream: its first token) within the
-delay, a hedge goes to another route (``plan.hedge``); the first answer wins, the other
-attempt is reported abandoned, then cancelled, and an answer it made anyway is discarded.
+A call that may hedge (``plan.hedge_delay``) runs its attempt in a race (``_race``, with
+the race of ``race.py`` for its world): if the attempt has not answered (a stream: its first
+token) within the delay, a hedge goes to another route
+(``plan.hedge``); the first answer wins, the other attempt is reported abandoned, then
+cancelled, and an answer it made anyway is discarded.
 
 Everything an attempt waits on (connecting, interim answers, headers, the whole answer or a
 stream's first token) is held to the attempt's timeout by ``sender.bounded``: a peer sending
@@ -47,7 +48,7 @@ from ...routing.state import RouteState
 from ..base import EngineBase
 from ..lifecycle import Lifecycle, closed_error
 from ..protocols import AsyncSender, AsyncSleep
-from ..race import AsyncAttempt, AsyncDiscard, AsyncRacer
+from ..race import AsyncAttempt, AsyncDiscard, AsyncRace
 from .read import read_body
 from .stream import AsyncStream
 
@@ -218,51 +219,12 @@ class AsyncEngine(EngineBase):
         discard: AsyncDiscard[T],
     ) -> T | None:
         """The attempt on ``route`` (started), and a hedge on another route if it has not
-        answered within ``delay`` (``plan.hedge``): the first answer wins and the other
-        attempt is reported abandoned, then cancelled. None when every attempt failed."""
-        racer: AsyncRacer[T] = AsyncRacer()
-        first = racer.start(
-            attempt, plan, spec, route, started, payload, plan.timeout, plan.attempt_headers
+        answered within ``delay`` (``race.py``): the first answer wins and the other attempt
+        is reported abandoned, then cancelled. None when every attempt failed."""
+        race: AsyncRace[T] = AsyncRace(
+            plan, delay, lambda other: self.content(body, other.config), discard
         )
-        runs = {first: (route, started, False)}
-        wait: float | None = delay
-        won = False
-        try:
-            while runs:
-                done = await racer.wait(wait)
-                if not done:  # the delay passed: hedge, once (refused: ask again later)
-                    other = plan.hedge()
-                    wait = None if other is not None or not plan.hedge_again(delay) else delay
-                    if other is not None:
-                        content = self.content(body, other.config)
-                        begun = plan.start(other, hedge=True)
-                        run = racer.start(
-                            attempt,
-                            plan,
-                            spec,
-                            other,
-                            begun,
-                            content,
-                            plan.timeout,
-                            plan.attempt_headers,
-                        )
-                        runs[run] = (other, begun, True)
-                    continue
-                for run in done:
-                    ended, _, hedge = runs.pop(run)
-                    result = run.result()  # the attempt's own error, if it raised one
-                    if result is not None:
-                        won = True
-                        plan.won(ended, hedge)
-                        return result
-            return None
-        finally:
-            for run, (other, begun, _) in runs.items():
-                if won:
-                    plan.abandon(other, begun)
-                else:  # the call itself failed or was cancelled: no evidence either way
-                    plan.finished(other, begun)
-                racer.cancel(run, discard)
+        return await race.run(attempt, spec, route, started, payload)
 
     async def aclose(self) -> None:
         await self.sender.aclose()
