@@ -5,8 +5,10 @@ from outside (the call's own) against the race's own."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
+import weakref
 from typing import Any
 
 import pytest
@@ -217,3 +219,30 @@ def test_sync_races_as_the_async_one() -> None:
     with pytest.raises(BadRequestError):
         run_sync(plan, behaviours(a=(1.0, "A"), b=(0.01, bad())))
     assert ("finished", "a") in plan.reports
+
+
+def test_an_ended_race_keeps_neither_the_call_nor_the_loop() -> None:
+    """The ticker keeps a race until its delay's end (here a minute): by then it must hold
+    nothing of the call (its body is in the spec) and nothing that keeps the loop alive."""
+
+    class Spec:
+        body = bytearray(1_000_000)
+
+    spec_ref: weakref.ref[Spec] | None = None
+    loop_ref: weakref.ref[asyncio.AbstractEventLoop] | None = None
+
+    async def go() -> None:
+        nonlocal spec_ref, loop_ref
+        loop_ref = weakref.ref(asyncio.get_running_loop())
+        spec = Spec()
+        spec_ref = weakref.ref(spec)
+        race: AsyncRace[Any] = AsyncRace(Plan(), 60.0, lambda route: b"{}", discard_async)
+        table = behaviours(a=(0.0, "A"))
+        assert await race.run(async_attempt(table, []), spec, "a", 0.0, b"") == "A"
+        del spec, race
+        gc.collect()
+        assert spec_ref() is None
+
+    asyncio.run(go())
+    gc.collect()
+    assert loop_ref is not None and loop_ref() is None

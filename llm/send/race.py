@@ -81,7 +81,6 @@ class AsyncRace(Generic[T]):
         "_first",
         "_hedge",
         "_hedge_of",
-        "_loop",
         "_plan",
         "_running",
         "_spec",
@@ -111,7 +110,7 @@ class AsyncRace(Generic[T]):
         """The first answer of the attempt on ``route`` (started) and its hedge; None when
         both failed; raises the call's own fault, or what cancelled the call."""
         plan = self._plan
-        self._loop = loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
         self._context = contextvars.copy_context()  # the hedge runs in the call's context
         self._attempt, self._spec, self._first = attempt, spec, (route, started)
@@ -142,6 +141,11 @@ class AsyncRace(Generic[T]):
         except BaseException:
             self._stop_hedge(False)
             raise
+        finally:
+            # the ticker keeps this race until its delay's end: keep nothing big meanwhile
+            # (the call's body, its task, its context), and nothing that holds the loop
+            del self._spec, self._attempt, self._content, self._context, self._plan
+            self._task = self._hedge = None
 
     def due(self) -> None:
         """The delay passed (``_Ticker``): if the first attempt still waits, the hedge goes."""
@@ -151,17 +155,18 @@ class AsyncRace(Generic[T]):
     def _fire(self) -> None:
         plan = self._plan
         try:
+            loop = asyncio.get_running_loop()
             other = plan.hedge()
             if other is None:  # refused for now: ask again after another delay
                 if plan.hedge_again(self._delay):
-                    _ticker(self._loop).add(self._loop.time() + self._delay, self)
+                    _ticker(loop).add(loop.time() + self._delay, self)
                 return
             content = self._content(other)
         except Exception:  # noqa: BLE001 - a timer's callback must not raise; no hedge, then
             return
         begun = plan.start(other, hedge=True)
         self._hedge_of = (other, begun)
-        hedge: asyncio.Task[T | None] = self._loop.create_task(
+        hedge: asyncio.Task[T | None] = loop.create_task(
             self._attempt(  # type: ignore[arg-type]
                 plan, self._spec, other, begun, content, plan.timeout, plan.attempt_headers
             )
@@ -216,30 +221,32 @@ class _Ticker:
     timer handle for the earliest, never sooner than ``TICK`` after the last wake. A race
     that ended stays in the heap until its time (its ``due`` then does nothing)."""
 
-    __slots__ = ("__weakref__", "_at", "_handle", "_heap", "_loop", "_numbers")
+    __slots__ = ("_at", "_handle", "_heap", "_numbers")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    def __init__(self) -> None:
+        # Nothing here may hold the loop, which is this ticker's key in ``_TICKERS``: not
+        # the loop, not its timer handle (weakly held: the loop holds it while scheduled).
         self._heap: list[tuple[float, int, AsyncRace[Any]]] = []
         self._numbers = itertools.count()
-        self._handle: asyncio.TimerHandle | None = None
+        self._handle: weakref.ref[asyncio.TimerHandle] | None = None
         self._at = 0.0
 
     def add(self, due: float, race: AsyncRace[Any]) -> None:
         heapq.heappush(self._heap, (due, next(self._numbers), race))
-        if self._handle is None:
+        handle = self._handle() if self._handle is not None else None
+        if handle is None:
             self._wake_at(due)
         elif due < self._at:
-            self._handle.cancel()
+            handle.cancel()
             self._wake_at(due)
 
     def _wake_at(self, due: float) -> None:
         self._at = due
-        self._handle = self._loop.call_at(due, self._tick)
+        self._handle = weakref.ref(asyncio.get_running_loop().call_at(due, self._tick))
 
     def _tick(self) -> None:
         self._handle = None
-        heap, now = self._heap, self._loop.time()
+        heap, now = self._heap, asyncio.get_running_loop().time()
         while heap and heap[0][0] <= now:
             heapq.heappop(heap)[2].due()
         if heap:
@@ -254,7 +261,7 @@ _TICKERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Ticker] = (
 def _ticker(loop: asyncio.AbstractEventLoop) -> _Ticker:
     ticker = _TICKERS.get(loop)
     if ticker is None:
-        ticker = _TICKERS[loop] = _Ticker(loop)
+        ticker = _TICKERS[loop] = _Ticker()
     return ticker
 
 
