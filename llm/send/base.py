@@ -195,6 +195,10 @@ class EngineBase:
             spec.stream,
         )
 
+    def _content(self, body: BodyEncoder, route: RouteState) -> bytes | None:
+        """A hedge's body for ``route`` (``race.py``)."""
+        return self.content(body, route.config)
+
     @staticmethod
     def content(body: BodyEncoder, route: RouteConfig) -> bytes | None:
         try:

@@ -15,9 +15,9 @@ How this works
 payload (``Stream.prime``): until then a failure fails over. It returns the open stream.
 Both are ``_call`` with their own attempt (``_attempt``, ``_stream_attempt``).
 
-A call that may hedge (``plan.hedge_delay``) runs its attempt in a race (``_race``, with
-the race of ``race.py`` for its world): if the attempt has not answered (a stream: its first
-token) within the delay, a hedge goes to another route
+A call that may hedge (``plan.hedge_delay``) runs its attempt in a race (``race.py``'s, of
+this engine's world): if the attempt has not answered (a stream: its first token) within the
+delay, a hedge goes to another route
 (``plan.hedge``); the first answer wins, the other attempt is reported abandoned, then
 cancelled, and an answer it made anyway is discarded.
 
@@ -34,6 +34,7 @@ fault) as an attempt without evidence, before it propagates. Written once, for a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -110,10 +111,9 @@ class AsyncEngine(EngineBase):
                     answer = await attempt(
                         plan, spec, route, started, payload, timeout, plan.attempt_headers
                     )
-                else:
-                    answer = await self._race(
-                        plan, spec, body, route, started, payload, delay, attempt, discard
-                    )
+                else:  # raced with a hedge (race.py)
+                    race = AsyncRace(plan, delay, functools.partial(self._content, body), discard)
+                    answer = await race.run(attempt, spec, route, started, payload)
                 if answer is not None:
                     if plan.call is not None and not spec.stream:
                         plan.ended()  # a stream's call ends with the stream
@@ -205,26 +205,6 @@ class AsyncEngine(EngineBase):
             if not self.report_raised(plan, route, started, exc, sender.io_errors):
                 raise
             return None
-
-    async def _race(
-        self,
-        plan: CallPlan,
-        spec: CallSpec,
-        body: BodyEncoder,
-        route: RouteState,
-        started: float,
-        payload: bytes | None,
-        delay: float,
-        attempt: AsyncAttempt[T | None],
-        discard: AsyncDiscard[T],
-    ) -> T | None:
-        """The attempt on ``route`` (started), and a hedge on another route if it has not
-        answered within ``delay`` (``race.py``): the first answer wins and the other attempt
-        is reported abandoned, then cancelled. None when every attempt failed."""
-        race: AsyncRace[T] = AsyncRace(
-            plan, delay, lambda other: self.content(body, other.config), discard
-        )
-        return await race.run(attempt, spec, route, started, payload)
 
     async def aclose(self) -> None:
         await self.sender.aclose()

@@ -17,9 +17,9 @@ How this works
 payload (``Stream.prime``): until then a failure fails over. It returns the open stream.
 Both are ``_call`` with their own attempt (``_attempt``, ``_stream_attempt``).
 
-A call that may hedge (``plan.hedge_delay``) runs its attempt in a race (``_race``, with
-the race of ``race.py`` for its world): if the attempt has not answered (a stream: its first
-token) within the delay, a hedge goes to another route
+A call that may hedge (``plan.hedge_delay``) runs its attempt in a race (``race.py``'s, of
+this engine's world): if the attempt has not answered (a stream: its first token) within the
+delay, a hedge goes to another route
 (``plan.hedge``); the first answer wins, the other attempt is reported abandoned, then
 cancelled, and an answer it made anyway is discarded.
 
@@ -36,6 +36,7 @@ fault) as an attempt without evidence, before it propagates. Written once, for a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -112,10 +113,9 @@ class SyncEngine(EngineBase):
                     answer = attempt(
                         plan, spec, route, started, payload, timeout, plan.attempt_headers
                     )
-                else:
-                    answer = self._race(
-                        plan, spec, body, route, started, payload, delay, attempt, discard
-                    )
+                else:  # raced with a hedge (race.py)
+                    race = SyncRace(plan, delay, functools.partial(self._content, body), discard)
+                    answer = race.run(attempt, spec, route, started, payload)
                 if answer is not None:
                     if plan.call is not None and not spec.stream:
                         plan.ended()  # a stream's call ends with the stream
@@ -207,26 +207,6 @@ class SyncEngine(EngineBase):
             if not self.report_raised(plan, route, started, exc, sender.io_errors):
                 raise
             return None
-
-    def _race(
-        self,
-        plan: CallPlan,
-        spec: CallSpec,
-        body: BodyEncoder,
-        route: RouteState,
-        started: float,
-        payload: bytes | None,
-        delay: float,
-        attempt: SyncAttempt[T | None],
-        discard: SyncDiscard[T],
-    ) -> T | None:
-        """The attempt on ``route`` (started), and a hedge on another route if it has not
-        answered within ``delay`` (``race.py``): the first answer wins and the other attempt
-        is reported abandoned, then cancelled. None when every attempt failed."""
-        race: SyncRace[T] = SyncRace(
-            plan, delay, lambda other: self.content(body, other.config), discard
-        )
-        return race.run(attempt, spec, route, started, payload)
 
     def close(self) -> None:
         self.sender.close()
