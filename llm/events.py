@@ -110,7 +110,8 @@ class AttemptEnded:
     when this one is a retry. ``error`` is the failure's text, masked of secrets. ``hedge``
     says the attempt was a hedge; an attempt cancelled because another one of its call
     answered first ends with the outcome ``hedge_lost`` (or ``stalled``, when its route had
-    answered nothing for a stall's length: that counts against the route)."""
+    answered nothing for a stall's length: that counts against the route); one cut short
+    otherwise, ``cancelled`` (the call cancelled or ended) or ``closed`` (the provider)."""
 
     call: CallInfo
     number: int

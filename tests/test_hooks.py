@@ -340,3 +340,29 @@ def test_calls_through_the_sdk_path_have_their_events(servers):
         "embeddings",
         "NotFoundError",
     )
+
+
+def test_an_attempt_cut_short_by_the_calls_cancellation_ends_as_cancelled(servers):
+    """Cancelled while its server hangs: the attempt ends ``cancelled``, not ``ok``, and
+    the route is not blamed."""
+    import asyncio
+
+    servers["a"].hang()
+    hook = RecordingHook()
+    p = provider(servers, lb_policy="round_robin")
+    p.add_hook(hook)
+
+    async def go() -> None:
+        call = asyncio.ensure_future(p.achat(MESSAGES))
+        await asyncio.sleep(0.3)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await p.aclose()
+
+    asyncio.run(go())
+    (ended,) = hook.of(AttemptEnded)
+    assert (ended.route, ended.outcome) == ("a", "cancelled")
+    (call_ended,) = hook.of(CallEnded)
+    assert call_ended.outcome == "cancelled"
+    assert p.stats()["a"]["failures"] == 0 and p.stats()["a"]["in_flight"] == 0

@@ -465,10 +465,12 @@ class CallPlan:
         route: RouteState,
         started_at: float,
         error: LLMError | None = None,
-        outcome: str = "ok",
+        outcome: str = "cancelled",
         status_code: int | None = None,
     ) -> None:
-        """The attempt ended without evidence about the route (caller's fault, cancelled)."""
+        """The attempt ended without evidence about the route: the caller's fault (its
+        ``error`` and ``outcome``), or cancelled (a race's loser when the call itself ended
+        otherwise, the call cancelled, a stream closed before its first token)."""
         opened = self._open.pop(route, None)
         if opened is None:
             return

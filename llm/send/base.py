@@ -42,7 +42,7 @@ from ..judge.status import (
 )
 from ..results import Reply
 from ..routing.balancer import Balancer
-from ..routing.plan import CallPlan, plan_call
+from ..routing.plan import CallPlan, outcome_of, plan_call
 from ..routing.state import RouteState
 from .failures import route_failure
 from .lifecycle import Lifecycle, closed_error
@@ -222,11 +222,11 @@ class EngineBase:
         if not plan.is_open(route):
             return False
         error = route_failure(route.name, exc, io_errors)
-        if error is None:
-            plan.finished(route, started)
+        if error is None:  # a cancellation, the caller closing a stream, a bug
+            plan.finished(route, started, outcome=outcome_of(exc))
             return False
         if self.life.closed:
-            plan.finished(route, started)
+            plan.finished(route, started, outcome="closed")
             raise closed_error() from None
         plan.failed(route, started, error, outcome_name(error))
         return True

@@ -152,7 +152,7 @@ class AsyncStream:
             if failure is None:  # the consumer closing the generator, a cancellation, a bug
                 raise
             if self._life.closed:  # the provider's closing cut it: no route is to blame
-                self._plan.finished(self._route, self._started)
+                self._plan.finished(self._route, self._started, outcome="closed")
                 self._error = closed_error()
                 raise self._error from None
             await self._raise_interrupted(failure)
