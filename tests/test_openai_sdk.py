@@ -226,7 +226,7 @@ def test_the_sdks_timeout_is_the_calls_deadline(servers, flavor):
         with pytest.raises(openai.APITimeoutError):
             client.chat.completions.create(model="tiny", messages=MESSAGES, timeout=0.3)
         took = time.monotonic() - started
-    assert took < 1.0, took  # not the route's 2 s timeout
+    assert took < 1.5, took  # not the route's 2 s timeout (0.3 s here; the margin: a busy VM)
 
 
 async def test_the_async_sdks_timeout_is_the_calls_deadline(servers, flavor):
@@ -243,7 +243,7 @@ async def test_the_async_sdks_timeout_is_the_calls_deadline(servers, flavor):
         with pytest.raises(openai.APITimeoutError):
             await client.chat.completions.create(model="tiny", messages=MESSAGES, timeout=0.3)
         took = time.monotonic() - started
-    assert took < 1.0, took
+    assert took < 1.5, took  # as above
 
 
 def test_the_client_is_what_the_installed_openai_is_built_on(servers):
