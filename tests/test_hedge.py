@@ -596,3 +596,21 @@ def test_hedge_call_keyword() -> None:
     assert "hedge" not in (chat_spec({}, messages, {"hedge": False}, stream=False).body or {})
     with pytest.raises(InvalidRequestError, match="hedge must be True or False"):
         chat_spec({}, messages, {"hedge": "yes"}, stream=False)
+
+
+def test_a_fleet_that_never_hedges_measures_nothing_for_it(clock: FakeClock) -> None:
+    balancer = fleet(clock, "a", "b")  # enabled: False (the default)
+    a = balancer.routes["a"]
+    for _ in range(MIN_SAMPLES):
+        balancer.succeeded(a, balancer.dispatch(a), 0.1)
+    assert balancer.hedger.delay("a", "m", False) == 2.0  # max_delay: nothing kept
+    plan = hedged_plan(balancer)  # a call asks to hedge: from now on, answers are kept
+    route = plan.next()
+    assert route is not None
+    plan.start(route)
+    plan.hedge_delay(route)
+    for _ in range(MIN_SAMPLES):
+        balancer.succeeded(a, balancer.dispatch(a), 0.1)
+    assert balancer.hedger.delay("a", "m", False) == pytest.approx(0.2)  # twice the median
+    enabled = Balancer([route_config("a")], clock=clock, hedge=HedgeConfig(enabled=True))
+    assert enabled.hedger.active

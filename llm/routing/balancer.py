@@ -397,12 +397,14 @@ class Balancer:
         finally:
             lock.release()
 
-    def _ended(self, route: RouteState, now: float, tokens: int) -> None:
-        """The bookkeeping of a request that ended, however (under the lock)."""
+    def _ended(self, route: RouteState, now: float, tokens: int, answered: bool = True) -> None:
+        """The bookkeeping of a request that ended, however (under the lock); one abandoned
+        unanswered (``answered=False``) does not end the route's quiet spell."""
         route.in_flight -= 1
         route.tokens_in_flight -= tokens
-        route.last_done = now
-        route.abandoned = 0
+        if answered:
+            route.last_done = now
+            route.abandoned = 0
         for watcher in route.watchers:
             watcher.loaded(route)
         if route.retired and not route.in_flight and self.routes.get(route.name) is route:
@@ -455,7 +457,7 @@ class Balancer:
                 n = route.ttft_samples = route.ttft_samples + 1
                 route.ttft_ewma = _smoothed(route.ttft_ewma, ttft, n, alpha)
             waited = ttft if stream else latency  # what a hedge of such a call waits for
-            if waited is not None:
+            if waited is not None and self.hedger.active:
                 self.hedger.observe(route.name, route.config.model, waited, stream)
             if latency is not None or ttft is not None:
                 route.last_sample_at = now
@@ -523,23 +525,12 @@ class Balancer:
             route.hedges_cancelled += 1
             route.abandoned += 1
             if route.abandoned < STALL_ABANDONS or not self._too_quiet(route, now, pool):
-                route.in_flight -= 1
-                route.tokens_in_flight -= tokens  # its quiet spell goes on: last_done stays
-                for watcher in route.watchers:
-                    watcher.loaded(route)
-                if route.retired and not route.in_flight and self.routes.get(route.name) is route:
-                    del self.routes[route.name]
+                self._ended(route, now, tokens, answered=False)
                 route.health.on_neutral(started_at)
                 return None
             quiet = now - max(route.busy_since, route.last_done)
-            reason = f"no answer for {quiet:.1f}s (stalled); its calls went to other routes"
-            self._ended(route, now, tokens)
-            route.failures += 1
-            route.last_error = reason
-            ejected = route.health.on_failure(started_at, now, self.rng, 0.0)
-            until = route.health.ejected_until - now
-        if ejected and self.on_health is not None:
-            self.on_health(HealthChange("ejected", route.name, reason, until))
+        reason = f"no answer for {quiet:.1f}s (stalled); its calls went to other routes"
+        self.failed(route, started_at, reason, tokens=tokens)
         return reason
 
     def hedge_delay(self, route: RouteState, stream: bool, first: bool = True) -> float:
@@ -547,6 +538,7 @@ class Balancer:
         ``first``: the call's first attempt, which adds the call's share to the budget."""
         with self.lock:
             hedger = self.hedger
+            hedger.active = True  # a call hedges: measure from now on, if not already
             if first:
                 hedger.called()
             return hedger.delay(route.name, route.config.model, stream)

@@ -97,10 +97,13 @@ def nearest_rank(ordered: list[float], quantile: float) -> float:
 class Hedger:
     """The hedge delays (from the windows) and the budget of one balancer."""
 
-    __slots__ = ("_cap", "_pools", "_routes", "config", "tokens")
+    __slots__ = ("_cap", "_pools", "_routes", "active", "config", "tokens")
 
     def __init__(self, config: HedgeConfig) -> None:
         self.config = config
+        # whether answers are measured: from the start when calls hedge by default, else
+        # from the first call that asks to (a fleet that never hedges pays nothing for it)
+        self.active = config.enabled
         self._cap = float(max(1, config.burst))
         self.tokens = self._cap
         self._routes: dict[tuple[str, bool], LatencyWindow] = {}
