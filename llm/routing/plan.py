@@ -270,17 +270,10 @@ class CallPlan:
         if made and now >= self.deadline_at:
             return None
         balancer = self.balancer
-        if self.pool.stale:  # discovered instances joined or left since the last attempt
-            self.pool = balancer.current(self.pool)
+        route, tried = self._pick_untried()
         if self.fallback is not None and self.fallback.stale:
             self.fallback = balancer.current(self.fallback)
         unfit_routes = self.unfit
-        tried: Container[RouteState] = self.tried
-        if unfit_routes:
-            tried = Either(tried, unfit_routes)
-        route = balancer.pick(
-            self.pool, tried, self.stream, self.tokens, self.key, self.prompt_tokens
-        )
         fallback = self.fallback
         if route is None and fallback is not None and fallback.routes[0] not in tried:
             route = balancer.pick(fallback, (), self.stream)
@@ -310,6 +303,19 @@ class CallPlan:
         else:
             self.timeout = 0.001
         return route
+
+    def _pick_untried(self) -> tuple[RouteState | None, Container[RouteState]]:
+        """The policy's pick among the pool's routes not tried yet (nor too small for the
+        call), the pool brought up to date first; and the routes it left out."""
+        if self.pool.stale:  # discovered instances joined or left since the last attempt
+            self.pool = self.balancer.current(self.pool)
+        tried: Container[RouteState] = self.tried
+        if self.unfit:
+            tried = Either(tried, self.unfit)
+        route = self.balancer.pick(
+            self.pool, tried, self.stream, self.tokens, self.key, self.prompt_tokens
+        )
+        return route, tried
 
     def _everyone(self) -> list[RouteState]:
         routes = list(self.pool.routes)
@@ -363,14 +369,7 @@ class CallPlan:
         if remaining <= 0 or self.hedges >= MAX_HEDGES:
             return None
         balancer = self.balancer
-        if self.pool.stale:
-            self.pool = balancer.current(self.pool)
-        tried: Container[RouteState] = self.tried
-        if self.unfit:
-            tried = Either(tried, self.unfit)
-        route = balancer.pick(
-            self.pool, tried, self.stream, self.tokens, self.key, self.prompt_tokens
-        )
+        route, _ = self._pick_untried()
         if route is None or balancer.saturated(route) or not balancer.take_hedge():
             return None
         self.delay = 0.0
